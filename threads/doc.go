@@ -1,0 +1,74 @@
+// Package threads keeps chatscale's conversations: one thread per (user,
+// course) pair holding the video the learner watches and the newest
+// messages. Store is the contract; NewMemory and NewRedis are its backends;
+// package threadstest is the conformance suite every backend passes.
+//
+// # The turn
+//
+// The turn pipeline calls Open (get or create the thread, record the video
+// and whether it changed, read the recent history), asks the model, then
+// calls Append with the question and the answer. On Redis each is one round
+// trip: one Lua script run with EVALSHA (EVAL when the server lacks it).
+//
+// # Time and TTL
+//
+// Time comes from Config.Now, never from the server: message times,
+// CreatedAt, UpdatedAt and the activity used by Active. Every write
+// (GetOrCreate, Open, TrackVideo, Append) slides the thread's TTL
+// (Config.TTL, 7 days by default) and counts as activity; Get and History
+// do not. A thread expires when TTL has passed since its last write: it is
+// then ErrNotFound, and GetOrCreate starts a new, empty thread with a new
+// ID. Stores keep times to the millisecond and return them in UTC.
+//
+// # Redis key layout
+//
+// A user ID and a course ID are each hashed (SHA-256 of a domain byte and
+// the ID, first 12 bytes, base64url: 16 characters), so IDs of any bytes
+// (':', '{', '}', spaces, NUL, unicode) make keys of a fixed alphabet with
+// no braces. With uh and ch those digests, b the user's bucket (uh mod
+// 1024, three hex digits) and P the prefix ("chatscale:"), a thread has:
+//
+//	P{b}:t:<uh><ch>   hash: id (random part), u, c (the raw IDs), v (video),
+//	                  ca, ua (created and updated, unix ms)
+//	P{b}:m:<uh><ch>   list: messages, oldest first, "<role><unix ms>:<content>"
+//	P{b}:u:<uh>       set: the <ch> of every thread of the user (for ForgetUser)
+//	P{b}:a            sorted set: <uh><ch> scored by the last write (for Active)
+//
+// A thread ID is <uh><ch>.<128 random bits in base64url>: 55 URL-safe
+// characters from which the store rebuilds the keys, so Append needs no
+// lookup. The random part is stored in the hash and checked by every
+// script: the ID of a deleted or expired thread stays ErrNotFound even
+// after the pair gets a new thread.
+//
+// The hash stores the raw user and course IDs and the scripts compare them:
+// two pairs whose digests collided (a 2^-96 event per pair of users) would
+// get an error instead of sharing a thread, and ForgetUser never deletes
+// a thread whose stored user differs.
+//
+// # Redis Cluster
+//
+// Every key of a thread, its user's set and its bucket's sorted set carry
+// the same hash tag {b}, so each script touches one slot and works
+// unchanged on a single server, Sentinel and Cluster; all the keys reach the
+// scripts through KEYS. Spreading users over 1024 tags spreads load over
+// the masters while keeping the activity index in the thread's slot, which
+// a single global sorted set (one hot key, outside the thread's slot) could
+// not. Active sends one ZCOUNT per bucket in one pipeline, which go-redis
+// splits per master and sends in parallel: about 1024 cheap commands per
+// call, fine for a gauge read every 15 s. The buckets are swept as they are
+// written: each write drops the bucket's entries older than the TTL. The
+// user set and the bucket set get the TTL on every write, so they outlive
+// every thread they index and vanish with the last one.
+//
+// ForgetUser reads the user's set, deletes the listed threads with one
+// script run per 64 threads, and repeats while threads keep appearing (at
+// most 8 rounds): two round trips for a typical user.
+//
+// # Memory
+//
+// MemoryStore shards by user; each shard keeps its threads in a list
+// ordered by last write, which gives Active (walk the recent end), expiry
+// (the old end) and eviction of the least recently written thread when
+// Config.MaxThreads is reached. An idle thread (no messages, short IDs)
+// holds about 280 bytes of heap.
+package threads

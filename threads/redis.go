@@ -1,0 +1,458 @@
+package threads
+
+import (
+	"context"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	//go:embed open.lua
+	openSrc string
+	//go:embed append.lua
+	appendSrc string
+	//go:embed read.lua
+	readSrc string
+	//go:embed delete.lua
+	deleteSrc string
+	//go:embed forget.lua
+	forgetSrc string
+
+	openScript   = redis.NewScript(openSrc)
+	appendScript = redis.NewScript(appendSrc)
+	readScript   = redis.NewScript(readSrc)
+	deleteScript = redis.NewScript(deleteSrc)
+	forgetScript = redis.NewScript(forgetSrc)
+)
+
+// Buckets is the number of hash tags the Redis store spreads users over.
+// It is part of the key layout: every instance sharing a prefix must use
+// the same value, so it is a constant.
+const Buckets = 1024
+
+// digestLen is the length, in base64url characters, of a user or course
+// digest (12 bytes).
+const digestLen = 16
+
+// redisIDLen is the length of a Redis thread ID: <uh><ch>.<random>.
+const redisIDLen = 2*digestLen + 1 + randomPartLen
+
+// RedisStore is a Store on Redis (single server, Sentinel or Cluster), shared
+// by every instance of the application that uses the same key prefix. Open,
+// Append, TrackVideo, GetOrCreate, Get, History and Delete each take one
+// round trip (one Lua script run by SHA); ForgetUser takes two or more and
+// Active one pipeline. See the package documentation for the key layout.
+//
+// A RedisStore holds no state besides its configuration: it is safe for
+// concurrent use, has no goroutines and needs no Close.
+type RedisStore struct {
+	rdb redis.UniversalClient
+	cfg Config
+}
+
+var _ Store = (*RedisStore)(nil)
+
+// NewRedis returns a RedisStore using rdb and configured by cfg (see Config
+// for the defaults). It does no I/O. NewRedis does not take ownership of
+// rdb; callers close it. It returns an *InvalidError for a nil rdb or a
+// Prefix holding '{' or '}'.
+func NewRedis(rdb redis.UniversalClient, cfg Config) (*RedisStore, error) {
+	if rdb == nil {
+		return nil, &InvalidError{Field: "rdb", Reason: "nil"}
+	}
+	cfg = cfg.withDefaults()
+	if strings.ContainsAny(cfg.Prefix, "{}") {
+		return nil, &InvalidError{Field: "Config.Prefix", Reason: "contains a hash-tag brace"}
+	}
+	return &RedisStore{rdb: rdb, cfg: cfg}, nil
+}
+
+// redisKeys are the keys of one thread; all share the bucket's hash tag.
+type redisKeys struct {
+	thread, msgs, user, active string
+	uh, ch                     string
+}
+
+// digest returns 12 bytes of SHA-256 over a domain byte and the ID, as 16
+// base64url characters.
+func digest(domain byte, id string) string {
+	h := sha256.New()
+	h.Write([]byte{domain})
+	h.Write([]byte(id))
+	var sum [sha256.Size]byte
+	return base64.RawURLEncoding.EncodeToString(h.Sum(sum[:0])[:12])
+}
+
+// bucketTag returns the hash tag of a user digest: its bucket number in
+// three lowercase hex digits (no braces, no separators).
+func bucketTag(uh string) string {
+	var b [12]byte
+	_, _ = base64.RawURLEncoding.Decode(b[:], []byte(uh))
+	n := (uint(b[0])<<8 | uint(b[1])) % Buckets
+	const hexdig = "0123456789abcdef"
+	return string([]byte{hexdig[n>>8&0xf], hexdig[n>>4&0xf], hexdig[n&0xf]})
+}
+
+// keys is the package's one key builder.
+func (s *RedisStore) keys(uh, ch string) redisKeys {
+	base := s.cfg.Prefix + "{" + bucketTag(uh) + "}:"
+	return redisKeys{
+		thread: base + "t:" + uh + ch,
+		msgs:   base + "m:" + uh + ch,
+		user:   base + "u:" + uh,
+		active: base + "a",
+		uh:     uh,
+		ch:     ch,
+	}
+}
+
+func (s *RedisStore) activeKey(bucket int) string {
+	const hexdig = "0123456789abcdef"
+	tag := string([]byte{hexdig[bucket>>8&0xf], hexdig[bucket>>4&0xf], hexdig[bucket&0xf]})
+	return s.cfg.Prefix + "{" + tag + "}:a"
+}
+
+func (k *redisKeys) all() []string { return []string{k.thread, k.msgs, k.user, k.active} }
+
+// parseID splits a Redis thread ID into its keys and random part; ok is
+// false for an ID this store cannot have made.
+func (s *RedisStore) parseID(id string) (k redisKeys, rnd string, ok bool) {
+	if len(id) != redisIDLen || id[2*digestLen] != '.' {
+		return k, "", false
+	}
+	uh, ch, rnd := id[:digestLen], id[digestLen:2*digestLen], id[2*digestLen+1:]
+	if !isB64URL(uh) || !isB64URL(ch) || !isB64URL(rnd) {
+		return k, "", false
+	}
+	return s.keys(uh, ch), rnd, true
+}
+
+// expiryArgs returns the TTL and the activity sweep bound for a write at
+// now, as script arguments (” when threads never expire).
+func (s *RedisStore) expiryArgs(now int64) (ttl, expiredAtOrBelow string) {
+	if !s.cfg.expires() {
+		return "", ""
+	}
+	t := s.cfg.TTL.Milliseconds()
+	return strconv.FormatInt(t, 10), strconv.FormatInt(now-t, 10)
+}
+
+// historyStart returns the LRANGE start index for a history limit, or ”
+// for none.
+func historyStart(limit int) string {
+	switch {
+	case limit < 0:
+		return ""
+	case limit == 0:
+		return "0"
+	}
+	return "-" + strconv.Itoa(limit)
+}
+
+func encodeMessage(m Message, now int64) string {
+	at := now
+	if !m.Time.IsZero() {
+		at = m.Time.UnixMilli()
+	}
+	var b strings.Builder
+	b.Grow(len(m.Content) + 22)
+	b.WriteByte(roleCode(m.Role))
+	b.WriteString(strconv.FormatInt(at, 10))
+	b.WriteByte(':')
+	b.WriteString(m.Content)
+	return b.String()
+}
+
+func decodeMessage(s string) (Message, error) {
+	colon := strings.IndexByte(s, ':')
+	if colon < 2 {
+		return Message{}, errors.New("threads: malformed message in Redis")
+	}
+	r, ok := codeRole(s[0])
+	at, err := strconv.ParseInt(s[1:colon], 10, 64)
+	if !ok || err != nil {
+		return Message{}, errors.New("threads: malformed message in Redis")
+	}
+	return Message{Role: r, Content: s[colon+1:], Time: fromMillis(at)}, nil
+}
+
+func decodeMessages(vals []any) ([]Message, error) {
+	out := make([]Message, 0, len(vals))
+	for _, v := range vals {
+		s, _ := v.(string)
+		m, err := decodeMessage(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func str(v any) string   { s, _ := v.(string); return s }
+func num(v any) int64    { n, _ := v.(int64); return n }
+func millis(v any) int64 { n, _ := strconv.ParseInt(str(v), 10, 64); return n }
+
+func wrap(op string, err error) error { return fmt.Errorf("threads: %s: %w", op, err) }
+
+// GetOrCreate implements Store: one round trip.
+func (s *RedisStore) GetOrCreate(ctx context.Context, userID, courseID string) (Thread, error) {
+	sess, err := s.open(ctx, OpenRequest{UserID: userID, CourseID: courseID, HistoryLimit: -1}, "get or create")
+	return sess.Thread, err
+}
+
+// Open implements Store: one round trip.
+func (s *RedisStore) Open(ctx context.Context, req OpenRequest) (Session, error) {
+	return s.open(ctx, req, "open")
+}
+
+func (s *RedisStore) open(ctx context.Context, req OpenRequest, op string) (Session, error) {
+	if err := checkID("UserID", req.UserID); err != nil {
+		return Session{}, err
+	}
+	if err := checkID("CourseID", req.CourseID); err != nil {
+		return Session{}, err
+	}
+	if err := checkVideo(req.VideoURL, false); err != nil {
+		return Session{}, err
+	}
+	k := s.keys(digest('u', req.UserID), digest('c', req.CourseID))
+	now := s.cfg.Now().UnixMilli()
+	ttl, sweep := s.expiryArgs(now)
+	res, err := openScript.Run(ctx, s.rdb, k.all(),
+		req.UserID, req.CourseID, k.ch, k.uh+k.ch, randomPart(),
+		now, ttl, sweep, req.VideoURL, historyStart(req.HistoryLimit)).Slice()
+	if err != nil {
+		return Session{}, wrap(op, err)
+	}
+	if len(res) < 7 {
+		return Session{}, wrap(op, errors.New("short reply"))
+	}
+	hist, err := decodeMessages(res[7:])
+	if err != nil {
+		return Session{}, err
+	}
+	return Session{
+		Thread: Thread{
+			ID:        k.uh + k.ch + "." + str(res[0]),
+			UserID:    req.UserID,
+			CourseID:  req.CourseID,
+			VideoURL:  str(res[4]),
+			CreatedAt: fromMillis(millis(res[5])),
+			UpdatedAt: fromMillis(millis(res[6])),
+		},
+		Created:       num(res[1]) == 1,
+		VideoSwitched: num(res[2]) == 1,
+		PreviousVideo: str(res[3]),
+		History:       hist,
+	}, nil
+}
+
+// read runs read.lua for Get and History.
+func (s *RedisStore) read(ctx context.Context, op, id string, limit int) (Thread, []Message, error) {
+	if err := checkID("ThreadID", id); err != nil {
+		return Thread{}, nil, err
+	}
+	k, rnd, ok := s.parseID(id)
+	if !ok {
+		return Thread{}, nil, ErrNotFound
+	}
+	res, err := readScript.Run(ctx, s.rdb, []string{k.thread, k.msgs}, rnd, historyStart(limit)).Slice()
+	if errors.Is(err, redis.Nil) {
+		return Thread{}, nil, ErrNotFound
+	}
+	if err != nil {
+		return Thread{}, nil, wrap(op, err)
+	}
+	if len(res) < 5 {
+		return Thread{}, nil, wrap(op, errors.New("short reply"))
+	}
+	hist, err := decodeMessages(res[5:])
+	if err != nil {
+		return Thread{}, nil, err
+	}
+	return Thread{
+		ID:        id,
+		UserID:    str(res[0]),
+		CourseID:  str(res[1]),
+		VideoURL:  str(res[2]),
+		CreatedAt: fromMillis(millis(res[3])),
+		UpdatedAt: fromMillis(millis(res[4])),
+	}, hist, nil
+}
+
+// Get implements Store: one round trip.
+func (s *RedisStore) Get(ctx context.Context, threadID string) (Thread, error) {
+	t, _, err := s.read(ctx, "get", threadID, -1)
+	return t, err
+}
+
+// History implements Store: one round trip.
+func (s *RedisStore) History(ctx context.Context, threadID string, limit int) ([]Message, error) {
+	_, h, err := s.read(ctx, "history", threadID, limit)
+	if err == nil && h == nil {
+		h = []Message{}
+	}
+	return h, err
+}
+
+// write runs append.lua for Append and TrackVideo.
+func (s *RedisStore) write(ctx context.Context, op, id, video string, msgs []Message) (bool, error) {
+	if err := checkID("ThreadID", id); err != nil {
+		return false, err
+	}
+	k, rnd, ok := s.parseID(id)
+	if !ok {
+		return false, ErrNotFound
+	}
+	now := s.cfg.Now().UnixMilli()
+	ttl, sweep := s.expiryArgs(now)
+	keep := ""
+	if s.cfg.MaxMessages > 0 {
+		keep = strconv.Itoa(s.cfg.MaxMessages)
+		if len(msgs) > s.cfg.MaxMessages {
+			msgs = msgs[len(msgs)-s.cfg.MaxMessages:]
+		}
+	}
+	args := make([]any, 0, 8+len(msgs))
+	args = append(args, rnd, k.ch, k.uh+k.ch, now, ttl, sweep, keep, video)
+	for _, m := range msgs {
+		args = append(args, encodeMessage(m, now))
+	}
+	res, err := appendScript.Run(ctx, s.rdb, k.all(), args...).Slice()
+	if errors.Is(err, redis.Nil) {
+		return false, ErrNotFound
+	}
+	if err != nil {
+		return false, wrap(op, err)
+	}
+	return len(res) > 0 && num(res[0]) == 1, nil
+}
+
+// TrackVideo implements Store: one round trip.
+func (s *RedisStore) TrackVideo(ctx context.Context, threadID, videoURL string) (bool, error) {
+	if err := checkVideo(videoURL, true); err != nil {
+		return false, err
+	}
+	return s.write(ctx, "track video", threadID, videoURL, nil)
+}
+
+// Append implements Store: one round trip, which also trims the history
+// to MaxMessages and slides the TTL of all the thread's keys.
+func (s *RedisStore) Append(ctx context.Context, threadID string, msgs ...Message) error {
+	if err := checkMessages(msgs); err != nil {
+		return err
+	}
+	_, err := s.write(ctx, "append", threadID, "", msgs)
+	return err
+}
+
+// Delete implements Store: one round trip.
+func (s *RedisStore) Delete(ctx context.Context, threadID string) error {
+	if err := checkID("ThreadID", threadID); err != nil {
+		return err
+	}
+	k, rnd, ok := s.parseID(threadID)
+	if !ok {
+		return ErrNotFound
+	}
+	n, err := deleteScript.Run(ctx, s.rdb, k.all(), rnd, k.ch, k.uh+k.ch).Int()
+	if err != nil {
+		return wrap("delete", err)
+	}
+	if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// forgetPasses bounds the read-then-delete rounds of ForgetUser, which
+// repeats while threads of the user are being created concurrently.
+const forgetPasses = 8
+
+// forgetBatch is the number of threads one forget.lua run deletes.
+const forgetBatch = 64
+
+// ForgetUser implements Store. It reads the user's set of threads, then
+// deletes them with one script run per 64 threads, and repeats until the
+// set holds no thread of the user (at most 8 rounds): two round trips for
+// a user with at most 64 threads. All of a user's keys live in one slot.
+func (s *RedisStore) ForgetUser(ctx context.Context, userID string) (int, error) {
+	if err := checkID("UserID", userID); err != nil {
+		return 0, err
+	}
+	uh := digest('u', userID)
+	base := s.keys(uh, "")
+	foreign := map[string]bool{}
+	total := 0
+	for range forgetPasses {
+		members, err := s.rdb.SMembers(ctx, base.user).Result()
+		if err != nil {
+			return total, wrap("forget user", err)
+		}
+		var todo []string
+		for _, ch := range members {
+			if !foreign[ch] && len(ch) == digestLen && isB64URL(ch) {
+				todo = append(todo, ch)
+			}
+		}
+		if len(todo) == 0 {
+			return total, nil
+		}
+		for len(todo) > 0 {
+			batch := todo[:min(len(todo), forgetBatch)]
+			todo = todo[len(batch):]
+			keys := make([]string, 0, 2+2*len(batch))
+			keys = append(keys, base.user, base.active)
+			args := make([]any, 0, 2+len(batch))
+			args = append(args, userID, uh)
+			for _, ch := range batch {
+				k := s.keys(uh, ch)
+				keys = append(keys, k.thread, k.msgs)
+				args = append(args, ch)
+			}
+			res, err := forgetScript.Run(ctx, s.rdb, keys, args...).Slice()
+			if err != nil {
+				return total, wrap("forget user", err)
+			}
+			if len(res) > 0 {
+				total += int(num(res[0]))
+				for _, f := range res[1:] {
+					foreign[str(f)] = true
+				}
+			}
+		}
+	}
+	return total, wrap("forget user", errors.New("threads still being created after 8 rounds"))
+}
+
+// Active implements Store: one pipeline of one ZCOUNT per bucket (1024),
+// which go-redis sends to each Cluster master in parallel.
+func (s *RedisStore) Active(ctx context.Context, within time.Duration) (int, error) {
+	if err := checkWithin(within); err != nil {
+		return 0, err
+	}
+	now := s.cfg.Now().UnixMilli()
+	from := strconv.FormatInt(activeCutoff(&s.cfg, now, within), 10)
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.IntCmd, Buckets)
+	for b := range cmds {
+		cmds[b] = pipe.ZCount(ctx, s.activeKey(b), from, "+inf")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, wrap("active", err)
+	}
+	n := 0
+	for _, c := range cmds {
+		n += int(c.Val())
+	}
+	return n, nil
+}

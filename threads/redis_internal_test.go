@@ -1,0 +1,99 @@
+package threads
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatscale/chatscale/internal/testutil"
+)
+
+func TestRedisDetectsDigestCollision(t *testing.T) {
+	ctx := context.Background()
+	env := testutil.MiniredisEnv(t)
+	st, err := NewRedis(env.Client, Config{Prefix: env.Prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Plant the thread of another pair where (u, c) hashes to.
+	k := st.keys(digest('u', "u"), digest('c', "c"))
+	if err := env.Client.HSet(ctx, k.thread, "id", "x", "u", "other", "c", "c", "v", "", "ca", "1", "ua", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = st.Open(ctx, OpenRequest{UserID: "u", CourseID: "c"})
+	if err == nil || !strings.Contains(err.Error(), "key collision") {
+		t.Fatalf("Open onto another pair's thread = %v; want a key collision error", err)
+	}
+	if u, _ := env.Client.HGet(ctx, k.thread, "u").Result(); u != "other" {
+		t.Fatalf("the other pair's thread was changed: u = %q", u)
+	}
+	// ForgetUser leaves the other user's thread and terminates.
+	if err := env.Client.SAdd(ctx, k.user, k.ch).Err(); err != nil {
+		t.Fatal(err)
+	}
+	n, err := st.ForgetUser(ctx, "u")
+	if err != nil || n != 0 {
+		t.Fatalf("ForgetUser = %d, %v; want 0, nil", n, err)
+	}
+	if ok, _ := env.Client.Exists(ctx, k.thread).Result(); ok != 1 {
+		t.Fatal("ForgetUser deleted another user's thread")
+	}
+}
+
+func TestRedisActivityEntriesOfExpiredThreadsAreSwept(t *testing.T) {
+	ctx := context.Background()
+	env := testutil.MiniredisEnv(t)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	st, err := NewRedis(env.Client, Config{Prefix: env.Prefix, TTL: time.Hour, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag := bucketTag(digest('u', "u0"))
+	other := ""
+	for i := 1; i < 100_000 && other == ""; i++ {
+		if u := fmt.Sprint("u", i); bucketTag(digest('u', u)) == tag {
+			other = u
+		}
+	}
+	if other == "" {
+		t.Fatal("no user shares u0's bucket")
+	}
+	if _, err := st.GetOrCreate(ctx, "u0", "c"); err != nil {
+		t.Fatal(err)
+	}
+	active := st.keys(digest('u', "u0"), "").active
+	if n, _ := env.Client.ZCard(ctx, active).Result(); n != 1 {
+		t.Fatalf("activity entries = %d; want 1", n)
+	}
+	now = now.Add(time.Hour)
+	env.Mini.FastForward(time.Hour - time.Millisecond) // the bucket's keys slide with each write
+	if _, err := st.GetOrCreate(ctx, other, "c"); err != nil {
+		t.Fatal(err)
+	}
+	members, _ := env.Client.ZRange(ctx, active, 0, -1).Result()
+	if len(members) != 1 || !strings.HasPrefix(members[0], digest('u', other)) {
+		t.Fatalf("activity entries = %q; want only %s's", members, other)
+	}
+}
+
+func TestRedisIDLayout(t *testing.T) {
+	ctx := context.Background()
+	env := testutil.MiniredisEnv(t)
+	st, err := NewRedis(env.Client, Config{Prefix: env.Prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	th, err := st.GetOrCreate(ctx, "u", "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(th.ID) != redisIDLen || !strings.HasPrefix(th.ID, digest('u', "u")+digest('c', "c")+".") {
+		t.Fatalf("ID %q: want <user digest><course digest>.<22 random characters>", th.ID)
+	}
+	k, rnd, ok := st.parseID(th.ID)
+	if !ok || len(rnd) != randomPartLen || k.thread != st.keys(digest('u', "u"), digest('c', "c")).thread {
+		t.Fatalf("parseID(%q) = %+v, %q, %v", th.ID, k, rnd, ok)
+	}
+}

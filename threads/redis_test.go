@@ -1,0 +1,176 @@
+package threads_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatscale/chatscale/internal/testutil"
+	"github.com/chatscale/chatscale/threads"
+	"github.com/chatscale/chatscale/threads/threadstest"
+)
+
+func newRedis(t testing.TB, rdb redis.UniversalClient, cfg threads.Config) *threads.RedisStore {
+	t.Helper()
+	st, err := threads.NewRedis(rdb, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// TestRedisConformance runs the suite on miniredis (time moved by a fake
+// clock and FastForward), or on the real server or cluster named by
+// CHATSCALE_REDIS_URL / CHATSCALE_REDIS_CLUSTER (real time, short TTLs).
+func TestRedisConformance(t *testing.T) {
+	threadstest.Run(t, func(t *testing.T, cfg threads.Config) threadstest.Harness {
+		env := testutil.Redis(t)
+		cfg.Prefix = env.Prefix + "threads:"
+		var h threadstest.Harness
+		if env.Mini != nil {
+			clock := newFakeClock()
+			cfg.Now = clock.Now
+			h.Now = clock.Now
+			h.Advance = func(d time.Duration) {
+				clock.Advance(d)
+				env.Mini.FastForward(d)
+			}
+		}
+		h.Store = newRedis(t, env.Client, cfg)
+		h.NewPeer = func() threads.Store { return newRedis(t, env.NewClient(), cfg) }
+		return h
+	})
+}
+
+func TestRedisRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	env := testutil.Redis(t)
+	hook := &roundTrips{}
+	env.Client.AddHook(hook)
+	st := newRedis(t, env.Client, threads.Config{Prefix: env.Prefix})
+	msg := threads.Message{Role: threads.RoleUser, Content: "q"}
+	// Load the scripts (the first run of each may be EVALSHA then EVAL) and
+	// dial the connections (HELLO and CLIENT SETINFO pass the hook too).
+	warm, err := st.Open(ctx, threads.OpenRequest{UserID: "w", CourseID: "c", VideoURL: "v"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.Append(ctx, warm.Thread.ID, msg)
+	_, _ = st.History(ctx, warm.Thread.ID, 0)
+	_ = st.Delete(ctx, warm.Thread.ID)
+	_, _ = st.Active(ctx, time.Minute)
+
+	var id string
+	ops := []struct {
+		name string
+		fn   func() error
+	}{
+		{"Open", func() error {
+			s, err := st.Open(ctx, threads.OpenRequest{UserID: "u", CourseID: "c", VideoURL: "v", HistoryLimit: 20})
+			id = s.Thread.ID
+			return err
+		}},
+		{"Append", func() error { return st.Append(ctx, id, msg, msg) }},
+		{"Open again", func() error {
+			_, err := st.Open(ctx, threads.OpenRequest{UserID: "u", CourseID: "c", VideoURL: "v2", HistoryLimit: 20})
+			return err
+		}},
+		{"GetOrCreate", func() error { _, err := st.GetOrCreate(ctx, "u", "c"); return err }},
+		{"TrackVideo", func() error { _, err := st.TrackVideo(ctx, id, "v3"); return err }},
+		{"Get", func() error { _, err := st.Get(ctx, id); return err }},
+		{"History", func() error { _, err := st.History(ctx, id, 10); return err }},
+		{"Active", func() error { _, err := st.Active(ctx, time.Minute); return err }},
+		{"Delete", func() error { return st.Delete(ctx, id) }},
+	}
+	for _, op := range ops {
+		hook.n.Store(0)
+		if err := op.fn(); err != nil {
+			t.Fatalf("%s: %v", op.name, err)
+		}
+		if n := hook.n.Load(); n != 1 {
+			t.Errorf("%s took %d round trips; want 1", op.name, n)
+		}
+	}
+}
+
+func TestRedisKeysShareOneHashTag(t *testing.T) {
+	ctx := context.Background()
+	env := testutil.Redis(t)
+	st := newRedis(t, env.Client, threads.Config{Prefix: env.Prefix})
+	for _, u := range []string{"{a}", "}b{", "c:{d}", "e f", "日本"} {
+		s, err := st.Open(ctx, threads.OpenRequest{UserID: u, CourseID: "{course}", VideoURL: "v"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Append(ctx, s.Thread.ID, threads.Message{Role: threads.RoleUser, Content: "x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, err := env.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) == 0 {
+		t.Fatal("no keys under the prefix")
+	}
+	for _, k := range keys {
+		rest := strings.TrimPrefix(k, env.Prefix)
+		if strings.Count(rest, "{") != 1 || strings.Count(rest, "}") != 1 || !strings.HasPrefix(rest, "{") {
+			t.Fatalf("key %q: want exactly one hash tag, right after the prefix", k)
+		}
+	}
+}
+
+func TestRedisOutageIsAnError(t *testing.T) {
+	ctx := context.Background()
+	env := testutil.MiniredisEnv(t)
+	st := newRedis(t, env.Client, threads.Config{Prefix: env.Prefix})
+	th, err := st.GetOrCreate(ctx, "u", "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Mini.SetError("LOADING Redis is loading the dataset in memory")
+	_, err = st.Open(ctx, threads.OpenRequest{UserID: "u", CourseID: "c"})
+	if err == nil || errors.Is(err, threads.ErrNotFound) || errors.Is(err, threads.ErrInvalid) {
+		t.Fatalf("Open during an outage = %v; want the Redis error", err)
+	}
+	if err := st.Append(ctx, th.ID); err == nil || errors.Is(err, threads.ErrNotFound) {
+		t.Fatalf("Append during an outage = %v; want the Redis error", err)
+	}
+	env.Mini.SetError("")
+	if _, err := st.Get(ctx, th.ID); err != nil {
+		t.Fatalf("Get after the outage: %v", err)
+	}
+}
+
+func TestRedisSurvivesScriptFlush(t *testing.T) {
+	ctx := context.Background()
+	env := testutil.MiniredisEnv(t)
+	st := newRedis(t, env.Client, threads.Config{Prefix: env.Prefix})
+	th, err := st.GetOrCreate(ctx, "u", "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Append(ctx, th.ID, threads.Message{Role: threads.RoleUser, Content: "x"}); err != nil {
+		t.Fatalf("Append after SCRIPT FLUSH: %v", err)
+	}
+}
+
+func TestNewRedisRejectsBadConfig(t *testing.T) {
+	env := testutil.MiniredisEnv(t)
+	for _, p := range []string{"a{b", "a}b"} {
+		if _, err := threads.NewRedis(env.Client, threads.Config{Prefix: p}); !errors.Is(err, threads.ErrInvalid) {
+			t.Fatalf("NewRedis with prefix %q = %v; want ErrInvalid", p, err)
+		}
+	}
+	if _, err := threads.NewRedis(nil, threads.Config{}); !errors.Is(err, threads.ErrInvalid) {
+		t.Fatalf("NewRedis(nil) = %v; want ErrInvalid", err)
+	}
+}
