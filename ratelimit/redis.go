@@ -1,0 +1,410 @@
+package ratelimit
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+//go:embed gcra.lua
+var gcraSrc string
+
+// gcraScript is GCRA over one or more buckets; see gcra.lua for its KEYS,
+// ARGV and reply.
+var gcraScript = redis.NewScript(gcraSrc)
+
+// minInterval is the finest emission interval NewRedis accepts, in µs.
+// The script keeps times as microseconds in doubles, exact to about
+// 0.02µs for the next decades; one unit must weigh well above that.
+const minInterval = 0.1
+
+// Script modes (ARGV[1] of gcra.lua), in microseconds.
+const (
+	modeAllow  = 0
+	modeAdjust = -1
+	// noDeadline is the max wait of a Wait whose ctx has no deadline:
+	// about 31 years.
+	noDeadline = int64(1e15)
+)
+
+// Redis is a Limiter whose budgets live in Redis, shared by every
+// instance of the host application: GCRA, one script and one round trip
+// per decision, with the time taken from Redis TIME. It works on a single
+// server, Sentinel, Ring and Cluster (see Config.HashTag for the keys).
+//
+// While Redis fails, a Redis fails open on a local fallback limiter at
+// limit/Config.ExpectedInstances (the default) or fails closed with
+// ErrUnavailable; see Config. A cost larger than the fallback's burst is
+// charged as the whole fallback burst while the fallback answers.
+//
+// A Redis is safe for concurrent use and starts no goroutines. It does not
+// take ownership of the client; callers close it.
+type Redis struct {
+	client    redis.UniversalClient
+	limit     Limit
+	cfg       Config
+	ivArg     string // emission interval, µs per unit
+	offArg    string // burst offset, µs
+	keyPrefix string // Prefix + "{" + HashTag + "}:" when HashTag is set
+	fallback  *Local
+	fbBurst   int
+	sleep     func(context.Context, time.Duration) error
+
+	down     atomic.Bool
+	probeAt  atomic.Int64 // unix ns before which calls skip Redis while down
+	allowed  atomic.Uint64
+	limited  atomic.Uint64
+	fbCount  atomic.Uint64
+	storeErr atomic.Uint64
+	outages  atomic.Uint64
+}
+
+// NewRedis returns a Redis enforcing limit on every key through client.
+// It returns an error wrapping ErrInvalid when limit or cfg is impossible
+// (a limit finer than 1e7 units per second, braces in Prefix or HashTag,
+// negative ExpectedInstances), and the
+// Registerer's error when the metrics cannot be registered. It sends
+// nothing to Redis. NewRedis does not take ownership of client.
+func NewRedis(client redis.UniversalClient, limit Limit, cfg Config) (*Redis, error) {
+	if client == nil {
+		return nil, fmt.Errorf("%w: nil redis client", ErrInvalid)
+	}
+	limit, err := limit.normalize()
+	if err != nil {
+		return nil, err
+	}
+	if limit.interval() < minInterval {
+		return nil, fmt.Errorf("%w: limit %s: finer than 1e7 units per second, below what the script's microsecond clock resolves", ErrInvalid, limit)
+	}
+	cfg = cfg.withDefaults()
+	if strings.ContainsAny(cfg.Prefix, "{}") || strings.ContainsAny(cfg.HashTag, "{}") {
+		return nil, fmt.Errorf("%w: Prefix %q and HashTag %q must not contain braces", ErrInvalid, cfg.Prefix, cfg.HashTag)
+	}
+	if cfg.ExpectedInstances < 0 {
+		return nil, fmt.Errorf("%w: ExpectedInstances %d is negative", ErrInvalid, cfg.ExpectedInstances)
+	}
+	fbLimit := Limit{
+		Rate:   max(1, limit.Rate/cfg.ExpectedInstances),
+		Period: limit.Period,
+		Burst:  max(1, limit.Burst/cfg.ExpectedInstances),
+	}
+	fb, err := NewLocal(fbLimit, cfg)
+	if err != nil {
+		return nil, err
+	}
+	iv := limit.interval()
+	// Plain decimals ('f'): the Lua of miniredis does not parse "9e+07".
+	r := &Redis{
+		client:   client,
+		limit:    limit,
+		cfg:      cfg,
+		ivArg:    strconv.FormatFloat(iv, 'f', -1, 64),
+		offArg:   strconv.FormatFloat(iv*float64(limit.Burst), 'f', -1, 64),
+		fallback: fb,
+		fbBurst:  fbLimit.Burst,
+		sleep:    sleepTimer,
+	}
+	if cfg.HashTag != "" {
+		r.keyPrefix = cfg.Prefix + "{" + cfg.HashTag + "}:"
+	}
+	if err := r.register(cfg.Registerer); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Limit returns the limit the Redis enforces on each key.
+func (r *Redis) Limit() Limit { return r.limit }
+
+// Key returns the Redis key that holds key's budget: Prefix+"{"+key+"}",
+// or Prefix+"{"+HashTag+"}:"+key when Config.HashTag is set.
+func (r *Redis) Key(key string) string {
+	if r.keyPrefix != "" {
+		return r.keyPrefix + key
+	}
+	return r.cfg.Prefix + "{" + key + "}"
+}
+
+// Allow spends n from key's budget if it fits now, in one round trip. It
+// returns an error wrapping ErrInvalid for an empty key, n <= 0 or n >
+// Burst; while Redis fails, the fallback's decision, or with FailClosed
+// an error wrapping ErrUnavailable; ctx's error when ctx ends first.
+func (r *Redis) Allow(ctx context.Context, key string, n int) (Decision, error) {
+	if err := checkArgs(key, n, r.limit); err != nil {
+		return Decision{}, err
+	}
+	res, fb, err := r.run(ctx, modeAllow, []*Redis{r}, []string{r.Key(key)}, []int{n})
+	if err != nil {
+		return Decision{}, err
+	}
+	if fb {
+		r.fbCount.Add(1)
+		d, err := r.fallback.Allow(ctx, key, min(n, r.fbBurst))
+		r.count(d.Allowed)
+		return d, err
+	}
+	d := res.decision()
+	r.count(d.Allowed)
+	return d, nil
+}
+
+// Wait blocks until n fits in key's budget and spends it. It reserves its
+// place in line in the same round trip that decides, so waiters are served
+// in order and do not poll. When the wait would outlast ctx's deadline it
+// returns a *LimitedError at once, without sleeping and without spending;
+// when ctx ends while waiting it gives the reservation back and returns
+// ctx's error. Errors are otherwise those of Allow.
+func (r *Redis) Wait(ctx context.Context, key string, n int) error {
+	if err := checkArgs(key, n, r.limit); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	res, fb, err := r.run(ctx, maxWait(ctx, r.cfg.Now()), []*Redis{r}, []string{r.Key(key)}, []int{n})
+	if err != nil {
+		return err
+	}
+	if fb {
+		r.fbCount.Add(1)
+		err := r.fallback.Wait(ctx, key, min(n, r.fbBurst))
+		r.count(err == nil)
+		return err
+	}
+	r.count(res.allowed)
+	if !res.allowed {
+		return &LimitedError{Key: key, RetryAfter: res.wait}
+	}
+	if res.wait > 0 {
+		if err := r.sleep(ctx, res.wait); err != nil {
+			_ = r.Adjust(context.WithoutCancel(ctx), key, -n)
+			return err
+		}
+	}
+	return nil
+}
+
+// Adjust settles an earlier spend on key in one round trip: a negative
+// delta gives budget back (never beyond Burst), a positive one charges it
+// without waiting, so the budget may go into debt. An empty key returns
+// an error wrapping ErrInvalid; a zero delta does nothing. While Redis
+// fails it adjusts the fallback, or with FailClosed returns an error
+// wrapping ErrUnavailable.
+func (r *Redis) Adjust(ctx context.Context, key string, delta int) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty key", ErrInvalid)
+	}
+	if delta == 0 {
+		return nil
+	}
+	_, fb, err := r.run(ctx, modeAdjust, []*Redis{r}, []string{r.Key(key)}, []int{delta})
+	if err != nil {
+		return err
+	}
+	if fb {
+		r.fbCount.Add(1)
+		return r.fallback.Adjust(ctx, key, delta)
+	}
+	return nil
+}
+
+// Stats returns a snapshot of the limiter's counters.
+func (r *Redis) Stats() Stats {
+	return Stats{
+		Keys:        r.fallback.Stats().Keys,
+		Allowed:     r.allowed.Load(),
+		Limited:     r.limited.Load(),
+		Fallback:    r.fbCount.Load(),
+		StoreErrors: r.storeErr.Load(),
+		Outages:     r.outages.Load(),
+		Unavailable: r.down.Load(),
+	}
+}
+
+func (r *Redis) count(allowed bool) {
+	if allowed {
+		r.allowed.Add(1)
+	} else {
+		r.limited.Add(1)
+	}
+}
+
+// result is gcra.lua's reply.
+type result struct {
+	allowed bool
+	wait    time.Duration
+	buckets []bucket
+}
+
+type bucket struct {
+	remaining   int
+	reset, wait time.Duration
+}
+
+// decision merges the buckets: the smallest remainder, the longest waits.
+func (res result) decision() Decision {
+	d := Decision{Allowed: res.allowed, Remaining: math.MaxInt}
+	for _, b := range res.buckets {
+		d.Remaining = min(d.Remaining, b.remaining)
+		d.ResetAfter = max(d.ResetAfter, b.reset)
+	}
+	if !res.allowed {
+		d.RetryAfter = res.wait
+	}
+	return d
+}
+
+// maxWait returns the script's max wait for a Wait under ctx: the time to
+// ctx's deadline in µs (at least 0), or noDeadline.
+func maxWait(ctx context.Context, now time.Time) int64 {
+	budget, ok := budgetFor(ctx, now)
+	if !ok {
+		return noDeadline
+	}
+	return max(0, budget.Microseconds())
+}
+
+// errSkipped stands for Redis while it is failing and not due for a probe.
+var errSkipped = errors.New("skipped while redis is failing")
+
+// run evaluates gcra.lua over keys, one per limiter in lims (all on
+// r.client, keys in one slot), with mode as ARGV[1] and costs. On a store
+// failure it returns fb=true when r fails open, and an error wrapping
+// ErrUnavailable when it fails closed. ctx's end is returned as ctx's
+// error and does not count as a store failure.
+func (r *Redis) run(ctx context.Context, mode int64, lims []*Redis, keys []string, costs []int) (res result, fb bool, err error) {
+	if r.skip() {
+		fb, err := r.failOver(errSkipped)
+		return res, fb, err
+	}
+	args := make([]any, 0, 1+3*len(keys))
+	args = append(args, mode)
+	for i, l := range lims {
+		args = append(args, l.ivArg, l.offArg, costs[i])
+	}
+	vals, err := gcraScript.Run(ctx, r.client, keys, args...).Int64Slice()
+	if err == nil && len(vals) != 2+3*len(keys) {
+		err = fmt.Errorf("ratelimit: unexpected script reply of %d values", len(vals))
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return res, false, ctx.Err()
+		}
+		r.storeErr.Add(1)
+		r.markDown(err)
+		fb, err := r.failOver(err)
+		return res, fb, err
+	}
+	r.markUp()
+	res.allowed = vals[0] == 1
+	res.wait = micros(vals[1])
+	res.buckets = make([]bucket, len(keys))
+	for i := range res.buckets {
+		v := vals[2+3*i:]
+		res.buckets[i] = bucket{remaining: int(v[0]), reset: micros(v[1]), wait: micros(v[2])}
+	}
+	return res, false, nil
+}
+
+func micros(us int64) time.Duration {
+	if us <= 0 {
+		return 0
+	}
+	if us > math.MaxInt64/int64(time.Microsecond) {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Duration(us) * time.Microsecond
+}
+
+// failOver returns what a call does on a store failure: fall back (fail
+// open) or an error wrapping ErrUnavailable (fail closed).
+func (r *Redis) failOver(cause error) (bool, error) {
+	if r.cfg.FailClosed {
+		return false, fmt.Errorf("%w: %w", ErrUnavailable, cause)
+	}
+	return true, nil
+}
+
+// skip reports whether a call should not try Redis: it is failing and the
+// next probe is not due, or another call took the probe.
+func (r *Redis) skip() bool {
+	if !r.down.Load() || r.cfg.ProbeInterval < 0 {
+		return false
+	}
+	now := r.cfg.Now().UnixNano()
+	at := r.probeAt.Load()
+	if now < at {
+		return true
+	}
+	return !r.probeAt.CompareAndSwap(at, now+int64(r.cfg.ProbeInterval))
+}
+
+func (r *Redis) markDown(err error) {
+	if r.cfg.ProbeInterval > 0 {
+		r.probeAt.Store(r.cfg.Now().UnixNano() + int64(r.cfg.ProbeInterval))
+	}
+	if r.down.CompareAndSwap(false, true) {
+		r.outages.Add(1)
+		mode := "failing open on the local fallback"
+		if r.cfg.FailClosed {
+			mode = "failing closed"
+		}
+		r.cfg.Logger.Warn("ratelimit: redis unavailable, "+mode,
+			"limiter", r.cfg.Name, "err", err)
+	}
+}
+
+func (r *Redis) markUp() {
+	if r.down.Load() && r.down.CompareAndSwap(true, false) {
+		r.cfg.Logger.Info("ratelimit: redis available again",
+			"limiter", r.cfg.Name, "fallback_decisions", r.fbCount.Load())
+	}
+}
+
+// register adds the limiter's counters to reg, if any.
+func (r *Redis) register(reg prometheus.Registerer) error {
+	if reg == nil {
+		return nil
+	}
+	labels := prometheus.Labels{"limiter": r.cfg.Name}
+	counter := func(name, help string, extra prometheus.Labels, v *atomic.Uint64) prometheus.Collector {
+		l := prometheus.Labels{}
+		for k, x := range labels {
+			l[k] = x
+		}
+		for k, x := range extra {
+			l[k] = x
+		}
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: name, Help: help, ConstLabels: l,
+		}, func() float64 { return float64(v.Load()) })
+	}
+	cs := []prometheus.Collector{
+		counter("ratelimit_decisions_total", "Rate limit decisions by result.", prometheus.Labels{"result": "allowed"}, &r.allowed),
+		counter("ratelimit_decisions_total", "Rate limit decisions by result.", prometheus.Labels{"result": "limited"}, &r.limited),
+		counter("ratelimit_fallback_total", "Calls answered by the local fallback while Redis failed.", nil, &r.fbCount),
+		counter("ratelimit_store_errors_total", "Failed Redis calls.", nil, &r.storeErr),
+		counter("ratelimit_outages_total", "Times Redis started failing.", nil, &r.outages),
+	}
+	for i, c := range cs {
+		if err := reg.Register(c); err != nil {
+			for _, done := range cs[:i] {
+				reg.Unregister(done)
+			}
+			return fmt.Errorf("ratelimit: registering metrics for %q: %w", r.cfg.Name, err)
+		}
+	}
+	return nil
+}
+
+func (r *Redis) clock() time.Time                                 { return r.cfg.Now() }
+func (r *Redis) pause(ctx context.Context, d time.Duration) error { return r.sleep(ctx, d) }
