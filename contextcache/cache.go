@@ -1,0 +1,643 @@
+package contextcache
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	mrand "math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
+)
+
+var (
+	//go:embed get_or_lock.lua
+	getOrLockSrc string
+	getOrLock    = redis.NewScript(getOrLockSrc)
+
+	//go:embed fill.lua
+	fillSrc string
+	fill    = redis.NewScript(fillSrc)
+)
+
+// Polling bounds of a wait for another instance's load.
+const (
+	minPoll = 2 * time.Millisecond
+	maxPoll = 100 * time.Millisecond
+)
+
+// subscribeTimeout bounds the wait for Redis to confirm a subscription.
+const subscribeTimeout = 5 * time.Second
+
+// Cache serves transcripts from process memory (L1), Redis (L2) and a
+// Source, in that order. See the package documentation for how the tiers
+// work together. Create one with New. A Cache is safe for concurrent use.
+//
+// New starts no goroutine that outlives it. Start starts the invalidation
+// subscriber; Get runs each shared load in a goroutine of its own. Close
+// stops them.
+type Cache struct {
+	src Source
+	cfg Config
+	log *slog.Logger
+	rdb redis.UniversalClient
+
+	// sleep waits between polls of L2; tests replace it.
+	sleep func(ctx context.Context, d time.Duration) error
+
+	l1     *otter.Cache[key, *entry]
+	flight singleflight.Group
+	// epochs counts invalidations per stripe of keys. A load stores its
+	// result in L1 only if its stripe saw no invalidation while it ran.
+	epochs [64]atomic.Uint64
+	seed   maphash.Seed
+	st     counters
+
+	channel   string
+	collector *collector
+
+	base   context.Context // canceled by Close; loads run under it
+	cancel context.CancelFunc
+
+	mu     sync.RWMutex // guards closed and wg.Add
+	closed bool
+	wg     sync.WaitGroup // the subscriber and the running loads
+
+	startMu sync.Mutex // guards ps
+	ps      *redis.PubSub
+}
+
+// key is the L1 key: comparable, so a lookup builds no string.
+type key struct{ course, video string }
+
+// entry is an L1 value.
+type entry struct {
+	doc        Document
+	notFound   bool
+	freshUntil int64         // Unix nanoseconds
+	keep       time.Duration // lifetime in L1: freshness plus the stale window
+	weight     uint32
+}
+
+type counters struct {
+	l1Hits, l2Hits, negativeHits, misses            atomic.Uint64
+	loads, loadErrors, notFound, staleServes        atomic.Uint64
+	lockWaits, lockTimeouts, redisErrors            atomic.Uint64
+	invalidations, invalidationsReceived, corruptL2 atomic.Uint64
+}
+
+// New returns a Cache in front of src. It returns an error for impossible
+// Config values or when the Registerer refuses the collector.
+func New(src Source, cfg Config) (*Cache, error) {
+	if src == nil {
+		return nil, errors.New("contextcache: nil Source")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cache{
+		src:     src,
+		cfg:     cfg,
+		log:     cfg.Logger,
+		rdb:     cfg.Redis,
+		sleep:   sleepCtx,
+		seed:    maphash.MakeSeed(),
+		channel: cfg.Prefix + "invalidate",
+	}
+	c.base, c.cancel = context.WithCancel(context.Background())
+	c.l1, err = otter.New(&otter.Options[key, *entry]{
+		MaximumWeight: uint64(cfg.L1MaxBytes),
+		Weigher:       func(_ key, e *entry) uint32 { return e.weight },
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[key, *entry]) time.Duration {
+			return e.Value.keep
+		}),
+		// The clock never ticks, so otter starts no clean-up goroutine;
+		// expired entries go during the maintenance that writes and reads do.
+		Clock: otterClock{now: cfg.Now},
+		// Maintenance runs on the calling goroutine: no goroutine outlives
+		// a call. No Compute or deletion listener is used, so this is safe.
+		Executor: func(fn func()) { fn() },
+		Logger:   otterLogger{c.log},
+	})
+	if err != nil {
+		c.cancel()
+		return nil, fmt.Errorf("contextcache: L1: %w", err)
+	}
+	if cfg.Registerer != nil {
+		c.collector = newCollector(c)
+		if err := cfg.Registerer.Register(c.collector); err != nil {
+			c.cancel()
+			c.l1.StopAllGoroutines()
+			return nil, fmt.Errorf("contextcache: registering metrics: %w", err)
+		}
+	}
+	return c, nil
+}
+
+// Get returns the transcript of videoURL in courseID.
+//
+// A fresh L1 copy is returned with no I/O and no allocation. Otherwise the
+// callers in this process share one load, which reads L2, or takes the
+// cluster lock and calls the Source, or waits for the instance holding the
+// lock. Get returns an error wrapping ErrNotFound when the Source has no
+// transcript (remembered for NegativeTTL), a *KeyError for IDs that cannot
+// name one, and a *LoadError when the Source failed and no copy is at
+// hand; when an expired copy is at hand it is returned with Stale set
+// instead. When ctx ends first, Get returns ctx.Err() and the shared load
+// goes on for the other callers. After Close, misses return ErrClosed.
+// Get is safe for concurrent use.
+func (c *Cache) Get(ctx context.Context, courseID, videoURL string) (Result, error) {
+	k := key{course: courseID, video: videoURL}
+	// The entry's snapshot time is the clock reading otter took for this
+	// lookup: one clock read per hit.
+	if ent, ok := c.l1.GetEntry(k); ok && ent.SnapshotAtNano < ent.Value.freshUntil {
+		e := ent.Value
+		if e.notFound {
+			c.st.negativeHits.Add(1)
+			return Result{}, ErrNotFound
+		}
+		c.st.l1Hits.Add(1)
+		return Result{Document: e.doc, Tier: TierL1}, nil
+	}
+	if err := checkKey(courseID, videoURL); err != nil {
+		return Result{}, err
+	}
+	c.st.misses.Add(1)
+	ch := c.flight.DoChan(flightKey(k), func() (any, error) { return c.load(k) })
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return Result{}, r.Err
+		}
+		return r.Val.(Result), nil
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	}
+}
+
+// load runs once per flight: it fetches the transcript from L2 or the
+// Source, stores it in L1 and falls back to a stale copy on failure.
+func (c *Cache) load(k key) (Result, error) {
+	if !c.enter() {
+		return Result{}, ErrClosed
+	}
+	defer c.wg.Done()
+	stripe := &c.epochs[maphash.Comparable(c.seed, k)%uint64(len(c.epochs))]
+	epoch := stripe.Load()
+	// A flight that ended just before this one began may have filled L1.
+	if e, ok := c.l1.GetIfPresent(k); ok && c.nowNano() < e.freshUntil {
+		if e.notFound {
+			return Result{}, ErrNotFound
+		}
+		return Result{Document: e.doc, Tier: TierL1}, nil
+	}
+
+	doc, tier, err := c.fetch(k)
+	now := c.nowNano()
+	switch {
+	case err == nil:
+		e := &entry{doc: doc, freshUntil: now + int64(c.cfg.L1TTL), keep: c.cfg.L1TTL}
+		if c.cfg.MaxStale > 0 {
+			e.keep += c.cfg.MaxStale
+		}
+		e.weight = weigh(&e.doc)
+		c.store(stripe, epoch, k, e)
+		return Result{Document: doc, Tier: tier}, nil
+	case errors.Is(err, ErrNotFound):
+		if c.cfg.NegativeTTL > 0 {
+			c.store(stripe, epoch, k, &entry{
+				notFound:   true,
+				freshUntil: now + int64(c.cfg.NegativeTTL),
+				keep:       c.cfg.NegativeTTL,
+				weight:     uint32(entryOverhead + len(k.course) + len(k.video)),
+			})
+		}
+		return Result{}, err
+	case errors.Is(err, ErrInvalidKey):
+		return Result{}, err
+	case c.base.Err() != nil:
+		return Result{}, ErrClosed
+	}
+
+	if c.cfg.MaxStale > 0 {
+		if e, ok := c.l1.GetIfPresent(k); ok && !e.notFound && now < e.freshUntil+int64(c.cfg.MaxStale) {
+			c.st.staleServes.Add(1)
+			c.log.Warn("contextcache: serving a stale transcript", "course", k.course, "video", k.video,
+				"stale_for", time.Duration(now-e.freshUntil), "err", err)
+			return Result{Document: e.doc, Tier: TierL1, Stale: true, LoadErr: err}, nil
+		}
+	}
+	return Result{}, &LoadError{CourseID: k.course, VideoURL: k.video, Err: err}
+}
+
+// store puts e in L1 unless the key's stripe was invalidated since epoch.
+func (c *Cache) store(stripe *atomic.Uint64, epoch uint64, k key, e *entry) {
+	if stripe.Load() == epoch {
+		c.l1.Set(k, e)
+	}
+}
+
+// fetch returns the transcript from L2, or loads it from the Source under
+// the cluster lock, or waits for the instance holding the lock.
+func (c *Cache) fetch(k key) (Document, Tier, error) {
+	if c.rdb == nil {
+		d, err := c.loadSource(k)
+		return d, TierSource, err
+	}
+	vk, lk := c.redisKeys(k)
+	token := newToken()
+	lockTTL := millis(c.cfg.LockTTL)
+	var deadline int64
+	waiting := false
+	poll := minPoll
+	for {
+		res, err := getOrLock.Run(c.base, c.rdb, []string{vk, lk}, token, lockTTL).Result()
+		if err != nil {
+			if c.base.Err() != nil {
+				return Document{}, 0, ErrClosed
+			}
+			c.redisFailed("read L2", err)
+			d, err := c.loadSource(k) // no L2 write while Redis fails
+			return d, TierSource, err
+		}
+		switch v := res.(type) {
+		case string:
+			d, found, err := decode(v, k.course, k.video)
+			if err != nil {
+				c.st.corruptL2.Add(1)
+				c.log.Warn("contextcache: unreadable L2 value", "key", vk)
+				return c.loadAndFill(k, vk, lk, token)
+			}
+			c.st.l2Hits.Add(1)
+			if !found {
+				c.st.negativeHits.Add(1)
+				return Document{}, TierL2, ErrNotFound
+			}
+			return d, TierL2, nil
+		case int64:
+			if v == 1 {
+				return c.loadAndFill(k, vk, lk, token)
+			}
+		default:
+			c.redisFailed("read L2", fmt.Errorf("unexpected reply %T", res))
+			d, err := c.loadSource(k)
+			return d, TierSource, err
+		}
+		// Another instance holds the lock: poll until it fills L2 or the
+		// wait runs out.
+		now := c.nowNano()
+		if !waiting {
+			waiting = true
+			deadline = now + int64(c.cfg.LockWait)
+			c.st.lockWaits.Add(1)
+		}
+		if c.cfg.LockWait <= 0 || now >= deadline {
+			c.st.lockTimeouts.Add(1)
+			return c.loadAndFill(k, vk, lk, token)
+		}
+		if err := c.sleep(c.base, min(poll, time.Duration(deadline-now))); err != nil {
+			return Document{}, 0, ErrClosed
+		}
+		poll = min(2*poll, maxPoll)
+	}
+}
+
+// loadAndFill loads from the Source, then writes L2 and releases the lock
+// (if token holds it) in one script.
+func (c *Cache) loadAndFill(k key, vk, lk, token string) (Document, Tier, error) {
+	d, err := c.loadSource(k)
+	var (
+		val []byte
+		ttl time.Duration
+	)
+	switch {
+	case err == nil:
+		val, ttl = encodeDocument(&d, c.cfg.CompressAbove), c.l2TTL()
+	case errors.Is(err, ErrNotFound) && c.cfg.NegativeTTL > 0:
+		val, ttl = encodeNotFound(k.course, k.video), c.cfg.NegativeTTL
+	}
+	var ms int64
+	if ttl > 0 {
+		ms = millis(ttl)
+	}
+	// The lock is released even when Close is under way.
+	if ferr := fill.Run(context.WithoutCancel(c.base), c.rdb, []string{vk, lk}, token, val, ms).Err(); ferr != nil {
+		c.redisFailed("write L2", ferr)
+	}
+	return d, TierSource, err
+}
+
+func (c *Cache) loadSource(k key) (Document, error) {
+	ctx := c.base
+	if c.cfg.LoadTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.LoadTimeout)
+		defer cancel()
+	}
+	c.st.loads.Add(1)
+	d, err := c.src.Load(ctx, k.course, k.video)
+	if err != nil {
+		switch {
+		case errors.Is(err, ErrNotFound):
+			c.st.notFound.Add(1)
+		case errors.Is(err, ErrInvalidKey):
+		default:
+			c.st.loadErrors.Add(1)
+			if c.base.Err() == nil {
+				c.log.Warn("contextcache: source failed", "course", k.course, "video", k.video, "err", err)
+			}
+		}
+		return Document{}, err
+	}
+	// The caches are keyed by the IDs the caller asked for.
+	d.CourseID, d.VideoURL = k.course, k.video
+	return d, nil
+}
+
+// Invalidate drops the transcript of videoURL in courseID from this
+// instance's L1 and from L2, and tells every started instance to drop its
+// L1 copy. Instances that miss the message converge within L1TTL. A Get
+// that starts after Invalidate returns does not see the old copy on this
+// instance. Invalidate returns a *KeyError for bad IDs and an error
+// wrapping ErrRedis when Redis fails (the local copy is dropped anyway).
+func (c *Cache) Invalidate(ctx context.Context, courseID, videoURL string) error {
+	if err := checkKey(courseID, videoURL); err != nil {
+		return err
+	}
+	k := key{course: courseID, video: videoURL}
+	c.drop(k)
+	c.st.invalidations.Add(1)
+	if c.rdb == nil {
+		return nil
+	}
+	vk, _ := c.redisKeys(k)
+	if err := c.rdb.Del(ctx, vk).Err(); err != nil {
+		c.redisFailed("invalidate", err)
+		return fmt.Errorf("%w: invalidate: %w", ErrRedis, err)
+	}
+	if err := c.rdb.Publish(ctx, c.channel, encodeInvalidation(k)).Err(); err != nil {
+		c.redisFailed("publish invalidation", err)
+		return fmt.Errorf("%w: publish invalidation: %w", ErrRedis, err)
+	}
+	return nil
+}
+
+// drop removes k from L1, keeps running loads from storing it, and makes
+// later Gets start a new load rather than join a running one.
+func (c *Cache) drop(k key) {
+	c.epochs[maphash.Comparable(c.seed, k)%uint64(len(c.epochs))].Add(1)
+	c.flight.Forget(flightKey(k))
+	c.l1.Invalidate(k)
+}
+
+// Start subscribes this instance to the invalidation messages of the other
+// instances and starts the goroutine that applies them; Close stops it.
+// Without Start, copies dropped elsewhere live here until L1TTL ends.
+// Start waits for Redis to confirm the subscription; if that fails it
+// returns an error wrapping ErrRedis, and the subscriber keeps retrying in
+// the background (go-redis resubscribes after every reconnection). Start
+// does nothing without Redis or when already started, and returns
+// ErrClosed after Close.
+func (c *Cache) Start(ctx context.Context) error {
+	if c.rdb == nil {
+		return nil
+	}
+	c.startMu.Lock()
+	defer c.startMu.Unlock()
+	c.mu.RLock()
+	closed := c.closed
+	c.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	if c.ps != nil {
+		return nil
+	}
+	c.ps = c.rdb.Subscribe(ctx, c.channel)
+	_, err := c.ps.ReceiveTimeout(ctx, subscribeTimeout) // the confirmation
+	msgs := c.ps.Channel()
+	c.wg.Add(1)
+	go c.listen(msgs)
+	if err != nil {
+		c.redisFailed("subscribe", err)
+		return fmt.Errorf("%w: subscribe %s (retrying in the background): %w", ErrRedis, c.channel, err)
+	}
+	return nil
+}
+
+func (c *Cache) listen(msgs <-chan *redis.Message) {
+	defer c.wg.Done()
+	for m := range msgs {
+		k, ok := decodeInvalidation(m.Payload)
+		if !ok {
+			c.log.Warn("contextcache: unreadable invalidation message", "channel", m.Channel)
+			continue
+		}
+		c.drop(k)
+		c.st.invalidationsReceived.Add(1)
+	}
+}
+
+// Close stops the subscriber, cancels the running loads and waits for
+// them; Gets waiting for those loads get ErrClosed. L1 hits keep working.
+// Close unregisters the metrics and does not close the Redis client.
+// It is idempotent and returns nil.
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+
+	c.startMu.Lock()
+	if c.ps != nil {
+		_ = c.ps.Close()
+	}
+	c.startMu.Unlock()
+	c.cancel()
+	c.wg.Wait()
+	c.l1.StopAllGoroutines()
+	if c.collector != nil {
+		c.cfg.Registerer.Unregister(c.collector)
+	}
+	return nil
+}
+
+// enter registers a running load unless the Cache is closed.
+func (c *Cache) enter() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return false
+	}
+	c.wg.Add(1)
+	return true
+}
+
+// Stats is a snapshot of a Cache's counters since New.
+type Stats struct {
+	// L1Hits counts Gets answered by a fresh L1 copy; L2Hits counts loads
+	// answered by L2 (a load shared by several Gets counts once).
+	L1Hits, L2Hits uint64
+	// NegativeHits counts not-found answers taken from L1 or L2.
+	NegativeHits uint64
+	// Misses counts Gets that found no fresh L1 copy.
+	Misses uint64
+	// Loads counts calls of Source.Load; LoadErrors those that failed with
+	// an error other than not found or invalid key; NotFound those that
+	// answered ErrNotFound.
+	Loads, LoadErrors, NotFound uint64
+	// StaleServes counts stale copies served because the Source failed.
+	StaleServes uint64
+	// LockWaits counts loads that waited for another instance's lock;
+	// LockTimeouts those that stopped waiting and loaded themselves.
+	LockWaits, LockTimeouts uint64
+	// RedisErrors counts failed Redis calls; CorruptL2 unreadable values.
+	RedisErrors, CorruptL2 uint64
+	// Invalidations counts Invalidate calls here; InvalidationsReceived
+	// the messages applied by the subscriber (this instance's own too).
+	Invalidations, InvalidationsReceived uint64
+	// L1Entries and L1Bytes estimate what L1 holds now.
+	L1Entries int
+	L1Bytes   uint64
+}
+
+// Stats returns a snapshot of the counters. It is cheap and safe for
+// concurrent use.
+func (c *Cache) Stats() Stats {
+	return Stats{
+		L1Hits:                c.st.l1Hits.Load(),
+		L2Hits:                c.st.l2Hits.Load(),
+		NegativeHits:          c.st.negativeHits.Load(),
+		Misses:                c.st.misses.Load(),
+		Loads:                 c.st.loads.Load(),
+		LoadErrors:            c.st.loadErrors.Load(),
+		NotFound:              c.st.notFound.Load(),
+		StaleServes:           c.st.staleServes.Load(),
+		LockWaits:             c.st.lockWaits.Load(),
+		LockTimeouts:          c.st.lockTimeouts.Load(),
+		RedisErrors:           c.st.redisErrors.Load(),
+		CorruptL2:             c.st.corruptL2.Load(),
+		Invalidations:         c.st.invalidations.Load(),
+		InvalidationsReceived: c.st.invalidationsReceived.Load(),
+		L1Entries:             c.l1.EstimatedSize(),
+		L1Bytes:               c.l1.WeightedSize(),
+	}
+}
+
+func (c *Cache) redisFailed(op string, err error) {
+	c.st.redisErrors.Add(1)
+	c.log.Warn("contextcache: redis failed", "op", op, "err", err)
+}
+
+func (c *Cache) nowNano() int64 { return c.cfg.Now().UnixNano() }
+
+func (c *Cache) l2TTL() time.Duration {
+	if c.cfg.L2Jitter <= 0 {
+		return c.cfg.L2TTL
+	}
+	return c.cfg.L2TTL + mrand.N(c.cfg.L2Jitter)
+}
+
+// redisKeys is the package's key builder: the value and lock keys of k
+// share the hash tag of k's digest, so they live in one Cluster slot.
+func (c *Cache) redisKeys(k key) (value, lock string) {
+	h := sha256.New()
+	var n [binary.MaxVarintLen64]byte
+	h.Write(n[:binary.PutUvarint(n[:], uint64(len(k.course)))])
+	h.Write([]byte(k.course))
+	h.Write([]byte(k.video))
+	sum := h.Sum(nil)
+	base := c.cfg.Prefix + "{" + hex.EncodeToString(sum[:16]) + "}:"
+	return base + "doc", base + "lock"
+}
+
+func flightKey(k key) string {
+	return strconv.Itoa(len(k.course)) + ":" + k.course + k.video
+}
+
+func encodeInvalidation(k key) []byte {
+	b := make([]byte, 0, 1+binary.MaxVarintLen64+len(k.course)+len(k.video))
+	b = append(b, codecVersion)
+	b = binary.AppendUvarint(b, uint64(len(k.course)))
+	b = append(b, k.course...)
+	return append(b, k.video...)
+}
+
+func decodeInvalidation(p string) (key, bool) {
+	if len(p) < 1 || p[0] != codecVersion {
+		return key{}, false
+	}
+	n, w := binary.Uvarint([]byte(p[1:min(len(p), 1+binary.MaxVarintLen64)]))
+	if w <= 0 || n > uint64(len(p)-1-w) {
+		return key{}, false
+	}
+	rest := p[1+w:]
+	return key{course: rest[:n], video: rest[n:]}, true
+}
+
+// entryOverhead approximates the memory of an entry besides its strings.
+const entryOverhead = 256
+
+// weigh estimates the bytes an L1 entry holding d takes.
+func weigh(d *Document) uint32 {
+	n := entryOverhead + len(d.CourseID) + len(d.VideoURL) + len(d.Title) + len(d.Text)
+	for i := range d.Segments {
+		n += 40 + len(d.Segments[i].Text)
+	}
+	if n > 1<<32-1 {
+		return 1<<32 - 1
+	}
+	return uint32(n)
+}
+
+func millis(d time.Duration) int64 { return max(1, d.Milliseconds()) }
+
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// otterClock gives otter the Cache's clock. Its ticks are nil: otter then
+// runs no periodic clean-up goroutine.
+type otterClock struct{ now func() time.Time }
+
+func (c otterClock) NowNano() int64                    { return c.now().UnixNano() }
+func (otterClock) Tick(time.Duration) <-chan time.Time { return nil }
+
+type otterLogger struct{ log *slog.Logger }
+
+func (l otterLogger) Warn(ctx context.Context, msg string, err error) {
+	l.log.WarnContext(ctx, "contextcache: L1: "+msg, "err", err)
+}
+
+func (l otterLogger) Error(ctx context.Context, msg string, err error) {
+	l.log.ErrorContext(ctx, "contextcache: L1: "+msg, "err", err)
+}

@@ -1,0 +1,128 @@
+package contextcache
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// Config tunes a Cache. The zero value is usable: an L1-only cache with
+// the defaults below. New works on a copy; the caller's Config is never
+// changed.
+type Config struct {
+	// L1TTL is how long a copy in process memory is served without asking
+	// L2 or the Source. It also bounds how long an instance that missed an
+	// invalidation message keeps serving the old copy.
+	// Default: 5 minutes (zero). Negative is an error.
+	L1TTL time.Duration
+	// L1MaxBytes bounds the estimated memory of the L1 entries, fresh and
+	// stale. Default: 64 MiB (zero). Negative is an error.
+	L1MaxBytes int64
+
+	// Redis is the L2 shared by every instance, and carries the load lock
+	// and the invalidation messages. Nil means no L2: each instance loads
+	// for itself and Invalidate acts on this instance only. The Cache does
+	// not close the client; callers do, after Close. Calls are bounded by
+	// the client's own timeouts (go-redis: DialTimeout, ReadTimeout,
+	// WriteTimeout).
+	Redis redis.UniversalClient
+	// Prefix starts every Redis key and the invalidation channel.
+	// Default: "contextcache:" (empty).
+	Prefix string
+	// L2TTL is how long a copy stays in Redis. Default: 1 hour (zero).
+	// Negative is an error.
+	L2TTL time.Duration
+	// L2Jitter is the upper bound of a random duration added to each L2TTL,
+	// so that copies written together do not expire together.
+	// Default: L2TTL/10 (zero). Negative means no jitter.
+	L2Jitter time.Duration
+	// CompressAbove is the size in bytes above which an L2 value is
+	// deflated. Default: 1024 (zero). Negative means never.
+	CompressAbove int
+
+	// LockTTL is the lifetime of the Redis lock that lets one instance load
+	// a transcript while the others wait; it must exceed a load's usual
+	// duration. Default: 10 s (zero). Negative is an error.
+	LockTTL time.Duration
+	// LockWait is how long an instance waits for another instance's load
+	// (polling L2 with backoff) before it loads for itself.
+	// Default: 5 s (zero). Negative means do not wait.
+	LockWait time.Duration
+
+	// LoadTimeout bounds one call of Source.Load, whatever the callers'
+	// contexts say (a load is shared by every caller waiting for it).
+	// Default: 10 s (zero). Negative means no bound besides Close.
+	LoadTimeout time.Duration
+
+	// NegativeTTL is how long an ErrNotFound from the Source is
+	// remembered, in L1 and in L2. Default: 1 minute (zero). Negative
+	// disables negative caching.
+	NegativeTTL time.Duration
+	// MaxStale is how long after its freshness ended an L1 copy may still
+	// be served when the Source fails (stale-if-error). Such copies stay in
+	// L1 until then, within L1MaxBytes. Default: 24 hours (zero). Negative
+	// disables stale-if-error.
+	MaxStale time.Duration
+
+	// Now returns the current time. Nil means time.Now.
+	Now func() time.Time
+	// Registerer receives the Cache's Prometheus collector (metric names
+	// start with contextcache_). Nil means no metrics. Two caches on one
+	// registry need prometheus.WrapRegistererWith to tell them apart.
+	Registerer prometheus.Registerer
+	// Logger receives warnings about Redis and Source failures. Nil means
+	// discard.
+	Logger *slog.Logger
+}
+
+// Defaults of Config.
+const (
+	DefaultL1TTL         = 5 * time.Minute
+	DefaultL1MaxBytes    = 64 << 20
+	DefaultPrefix        = "contextcache:"
+	DefaultL2TTL         = time.Hour
+	DefaultCompressAbove = 1024
+	DefaultLockTTL       = 10 * time.Second
+	DefaultLockWait      = 5 * time.Second
+	DefaultLoadTimeout   = 10 * time.Second
+	DefaultNegativeTTL   = time.Minute
+	DefaultMaxStale      = 24 * time.Hour
+)
+
+func (c Config) withDefaults() (Config, error) {
+	if c.L1TTL < 0 || c.L1MaxBytes < 0 || c.L2TTL < 0 || c.LockTTL < 0 {
+		return c, errors.New("contextcache: negative L1TTL, L1MaxBytes, L2TTL or LockTTL")
+	}
+	set := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	set(&c.L1TTL, DefaultL1TTL)
+	set(&c.L2TTL, DefaultL2TTL)
+	set(&c.LockTTL, DefaultLockTTL)
+	set(&c.LockWait, DefaultLockWait)
+	set(&c.LoadTimeout, DefaultLoadTimeout)
+	set(&c.NegativeTTL, DefaultNegativeTTL)
+	set(&c.MaxStale, DefaultMaxStale)
+	set(&c.L2Jitter, c.L2TTL/10)
+	if c.L1MaxBytes == 0 {
+		c.L1MaxBytes = DefaultL1MaxBytes
+	}
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.CompressAbove == 0 {
+		c.CompressAbove = DefaultCompressAbove
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}

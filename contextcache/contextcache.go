@@ -1,0 +1,224 @@
+// Package contextcache serves video transcripts to the chat turn pipeline
+// so that MongoDB sees about one load per video per TTL for the whole
+// cluster, and a turn normally reads its transcript from process memory
+// with no I/O at all.
+//
+// A [Cache] answers [Cache.Get] from three tiers, in this order:
+//
+//  1. L1, in process: a byte-bounded W-TinyLFU cache (otter). A fresh copy
+//     is returned without I/O or allocation.
+//  2. L2, in Redis (optional): a compact, possibly compressed copy shared by
+//     every instance, kept for an hour plus jitter.
+//  3. The [Source] (for example [MongoSource]).
+//
+// Concurrent misses for one transcript share one load in a process
+// (singleflight). Across instances, a short Redis lock taken in the same
+// script that reads L2 lets one instance load while the others poll L2
+// with backoff for a bounded time and then load themselves. The lock
+// holder writes L2 and releases the lock in one script, so a waiter either
+// finds the value or takes the lock: a transcript is loaded once per
+// cluster as long as the load ends within the lock's wait.
+//
+// A Source that answers [ErrNotFound] is remembered for a minute in L1 and
+// L2 (negative caching). When the Source fails otherwise, an L1 copy whose
+// freshness ended less than a configured age ago (24 h by default) is
+// served with [Result.Stale] set (stale-if-error); without one the error is
+// a [*LoadError]. [Cache.Invalidate] deletes the L2 copy and tells every
+// instance, through Redis pub/sub, to drop its L1 copy; an instance that
+// misses the message converges when its L1 copy's TTL ends.
+//
+// Lifecycle: New (no goroutine), Start to receive other instances'
+// invalidations (with Redis), Close to stop the subscriber and the running
+// loads. The Redis client and the MongoDB client belong to the caller.
+//
+// Keys in Redis are Prefix + "{" + hash of (course, video) + "}:" + kind,
+// so that the value and its lock share a hash slot on Redis Cluster.
+package contextcache
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+	"unicode/utf8"
+)
+
+// Document is one video's transcript.
+type Document struct {
+	// CourseID is the course the video belongs to, as the caller names it.
+	CourseID string
+	// VideoURL identifies the video within the course.
+	VideoURL string
+	// Title is the video's title; it may be empty.
+	Title string
+	// Text is the full transcript.
+	Text string
+	// Segments are the timed parts of the transcript, in order; nil when
+	// the source has none.
+	Segments []Segment
+	// UpdatedAt is when the transcript last changed; zero when unknown.
+	UpdatedAt time.Time
+}
+
+// Segment is a timed part of a transcript.
+type Segment struct {
+	// Start and End are offsets from the start of the video.
+	Start, End time.Duration
+	// Text is what is said between Start and End.
+	Text string
+}
+
+// Source loads transcripts from where they are kept.
+type Source interface {
+	// Load returns the transcript of videoURL in courseID, an error
+	// wrapping ErrNotFound when there is none, or an error wrapping
+	// ErrInvalidKey when the IDs cannot name a transcript. Any other
+	// error is treated as a failure of the Source. Load must be safe for
+	// concurrent use.
+	Load(ctx context.Context, courseID, videoURL string) (Document, error)
+}
+
+// SourceFunc adapts a function to the Source interface.
+type SourceFunc func(ctx context.Context, courseID, videoURL string) (Document, error)
+
+// Load calls f(ctx, courseID, videoURL).
+func (f SourceFunc) Load(ctx context.Context, courseID, videoURL string) (Document, error) {
+	return f(ctx, courseID, videoURL)
+}
+
+var (
+	_ Source = SourceFunc(nil)
+	_ Source = (*MongoSource)(nil)
+)
+
+// Errors returned by this package. Callers compare with errors.Is.
+var (
+	// ErrNotFound means the Source has no transcript for the video.
+	ErrNotFound = errors.New("contextcache: transcript not found")
+	// ErrInvalidKey means a course ID or video URL cannot name a
+	// transcript; the error is a *KeyError.
+	ErrInvalidKey = errors.New("contextcache: invalid key")
+	// ErrUnavailable means the Source failed and no copy, fresh or stale,
+	// was at hand; the error is a *LoadError.
+	ErrUnavailable = errors.New("contextcache: transcript unavailable")
+	// ErrRedis means a Redis call failed.
+	ErrRedis = errors.New("contextcache: redis")
+	// ErrClosed means the Cache was closed.
+	ErrClosed = errors.New("contextcache: cache closed")
+)
+
+// KeyError reports a course ID or video URL that cannot name a transcript.
+// It matches ErrInvalidKey with errors.Is.
+type KeyError struct {
+	// Field is "courseID" or "videoURL".
+	Field string
+	// Value is the offending value, cut to 64 bytes.
+	Value string
+	// Reason says what is wrong with it.
+	Reason string
+}
+
+// Error implements error.
+func (e *KeyError) Error() string {
+	return "contextcache: invalid " + e.Field + " " + strconv.Quote(e.Value) + ": " + e.Reason
+}
+
+// Is reports whether target is ErrInvalidKey.
+func (e *KeyError) Is(target error) bool { return target == ErrInvalidKey }
+
+// LoadError reports that the Source failed and no copy could be served
+// instead. It matches ErrUnavailable with errors.Is and unwraps to the
+// Source's error.
+type LoadError struct {
+	CourseID, VideoURL string
+	// Err is the Source's error.
+	Err error
+}
+
+// Error implements error.
+func (e *LoadError) Error() string {
+	return "contextcache: transcript unavailable for course " + strconv.Quote(e.CourseID) +
+		" video " + strconv.Quote(e.VideoURL) + ": " + e.Err.Error()
+}
+
+// Is reports whether target is ErrUnavailable.
+func (e *LoadError) Is(target error) bool { return target == ErrUnavailable }
+
+// Unwrap returns the Source's error.
+func (e *LoadError) Unwrap() error { return e.Err }
+
+// MaxKeyLen is the longest course ID or video URL accepted, in bytes.
+const MaxKeyLen = 2048
+
+func checkKey(courseID, videoURL string) error {
+	if err := checkID("courseID", courseID); err != nil {
+		return err
+	}
+	return checkID("videoURL", videoURL)
+}
+
+func checkID(field, v string) error {
+	reason := ""
+	switch {
+	case v == "":
+		reason = "empty"
+	case len(v) > MaxKeyLen:
+		reason = "longer than " + strconv.Itoa(MaxKeyLen) + " bytes"
+	case !utf8.ValidString(v):
+		reason = "not valid UTF-8"
+	default:
+		for i := 0; i < len(v); i++ {
+			if v[i] < 0x20 || v[i] == 0x7f {
+				reason = "contains a control character"
+				break
+			}
+		}
+	}
+	if reason == "" {
+		return nil
+	}
+	if len(v) > 64 {
+		v = v[:64]
+	}
+	return &KeyError{Field: field, Value: v, Reason: reason}
+}
+
+// Tier says where a Result came from.
+type Tier uint8
+
+// The tiers of a Cache.
+const (
+	// TierL1 is the in-process cache.
+	TierL1 Tier = iota + 1
+	// TierL2 is Redis.
+	TierL2
+	// TierSource is the Source.
+	TierSource
+)
+
+// String returns "l1", "l2" or "source".
+func (t Tier) String() string {
+	switch t {
+	case TierL1:
+		return "l1"
+	case TierL2:
+		return "l2"
+	case TierSource:
+		return "source"
+	}
+	return "tier(" + strconv.Itoa(int(t)) + ")"
+}
+
+// Result is what Cache.Get returns.
+type Result struct {
+	// Document is the transcript. Its Segments slice is shared with the
+	// cache and must not be modified.
+	Document Document
+	// Tier is where Document came from.
+	Tier Tier
+	// Stale is set when the Source failed and Document is an expired copy
+	// served instead (stale-if-error).
+	Stale bool
+	// LoadErr is the Source's error when Stale is set, else nil.
+	LoadErr error
+}
