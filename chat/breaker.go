@@ -1,0 +1,440 @@
+package chat
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+)
+
+// RedisClient is the part of a go-redis client that Client uses to share
+// breaker trips: *redis.Client, *redis.ClusterClient and
+// redis.UniversalClient satisfy it.
+type RedisClient interface {
+	redis.Scripter
+	HMGet(ctx context.Context, key string, fields ...string) *redis.SliceCmd
+	SetNX(ctx context.Context, key string, value any, expiration time.Duration) *redis.BoolCmd
+}
+
+var (
+	//go:embed extend.lua
+	extendSrc    string
+	extendScript = redis.NewScript(extendSrc)
+	//go:embed close.lua
+	closeSrc    string
+	closeScript = redis.NewScript(closeSrc)
+)
+
+// stateKey and leaseKey are the package's only Redis keys. Both share the
+// hash tag {name}, so the scripts work on Redis Cluster.
+func stateKey(prefix, name string) string { return prefix + ":{" + name + "}:breaker" }
+func leaseKey(prefix, name string) string { return prefix + ":{" + name + "}:probe" }
+
+// sharedState is the breaker state every instance sees. Times are ms
+// since the epoch on the callers' clocks; zero means unset.
+type sharedState struct {
+	until  int64 // open until; non-zero and past means half-open
+	reason string
+	pause  int64 // adaptive pause until
+}
+
+// tripStore keeps sharedState: in Redis, or in process.
+type tripStore interface {
+	load(ctx context.Context) (sharedState, error)
+	// extend moves field ("until" or "pause") to deadline if later, and
+	// releases holder's lease when holder is not "".
+	extend(ctx context.Context, field string, deadline int64, reason string, ttl time.Duration, holder string) (sharedState, error)
+	lease(ctx context.Context, holder string, ttl time.Duration, now int64) (bool, error)
+	// close clears "until" if it still equals until, and releases
+	// holder's lease.
+	close(ctx context.Context, until int64, holder string) (bool, error)
+}
+
+type redisTrips struct {
+	rdb            RedisClient
+	stateK, leaseK string
+}
+
+func (s *redisTrips) load(ctx context.Context) (sharedState, error) {
+	v, err := s.rdb.HMGet(ctx, s.stateK, "until", "reason", "pause").Result()
+	if err != nil {
+		return sharedState{}, err
+	}
+	return parseState(v), nil
+}
+
+func (s *redisTrips) extend(ctx context.Context, field string, deadline int64, reason string, ttl time.Duration, holder string) (sharedState, error) {
+	v, err := extendScript.Run(ctx, s.rdb, []string{s.stateK, s.leaseK},
+		field, deadline, reason, max(ttl.Milliseconds(), 1), holder).Slice()
+	if err != nil {
+		return sharedState{}, err
+	}
+	return parseState(v), nil
+}
+
+func (s *redisTrips) lease(ctx context.Context, holder string, ttl time.Duration, _ int64) (bool, error) {
+	return s.rdb.SetNX(ctx, s.leaseK, holder, ttl).Result()
+}
+
+func (s *redisTrips) close(ctx context.Context, until int64, holder string) (bool, error) {
+	n, err := closeScript.Run(ctx, s.rdb, []string{s.stateK, s.leaseK}, until, holder).Int()
+	return n == 1, err
+}
+
+func parseState(v []any) sharedState {
+	var st sharedState
+	field := func(i int) string {
+		if i < len(v) {
+			if s, ok := v[i].(string); ok {
+				return s
+			}
+		}
+		return ""
+	}
+	st.until, _ = strconv.ParseInt(field(0), 10, 64)
+	st.reason = field(1)
+	st.pause, _ = strconv.ParseInt(field(2), 10, 64)
+	return st
+}
+
+// memTrips is the in-process tripStore used without Redis.
+type memTrips struct {
+	mu          sync.Mutex
+	st          sharedState
+	holder      string
+	leaseExpiry int64
+}
+
+func (m *memTrips) load(context.Context) (sharedState, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st, nil
+}
+
+func (m *memTrips) extend(_ context.Context, field string, deadline int64, reason string, _ time.Duration, holder string) (sharedState, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch field {
+	case "until":
+		if deadline > m.st.until {
+			m.st.until = deadline
+			if reason != "" {
+				m.st.reason = reason
+			}
+		}
+	case "pause":
+		m.st.pause = max(m.st.pause, deadline)
+	}
+	if holder != "" && m.holder == holder {
+		m.holder = ""
+	}
+	return m.st, nil
+}
+
+func (m *memTrips) lease(_ context.Context, holder string, ttl time.Duration, now int64) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.holder != "" && now < m.leaseExpiry {
+		return false, nil
+	}
+	m.holder, m.leaseExpiry = holder, now+ttl.Milliseconds()
+	return true, nil
+}
+
+func (m *memTrips) close(_ context.Context, until int64, holder string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	closed := false
+	if until != 0 && m.st.until == until {
+		m.st.until, m.st.reason = 0, ""
+		closed = true
+	}
+	if m.holder == holder {
+		m.holder = ""
+	}
+	return closed, nil
+}
+
+// Marks passed to gobreaker's done func.
+var (
+	errBreakerFailure  = errors.New("chat: attempt failed")
+	errBreakerExcluded = errors.New("chat: attempt excluded")
+)
+
+// breaker combines a per-process gobreaker, which counts outcomes and
+// decides when to trip, with the shared open/half-open state.
+type breaker struct {
+	c        *Client
+	store    tripStore
+	shared   bool // store is Redis: cache its state
+	holder   string
+	settings gobreaker.Settings
+	cb       atomic.Pointer[gobreaker.TwoStepCircuitBreaker[struct{}]]
+
+	pendingTrip atomic.Bool
+	tripReason  atomic.Value // string
+
+	mu      sync.Mutex
+	cached  sharedState
+	fetched int64  // ms of the last load
+	gen     uint64 // bumped by local writes, so a slower load does not undo them
+
+	refreshing atomic.Bool
+	probing    atomic.Bool  // a goroutine of this process holds or seeks the lease
+	leaseRetry atomic.Int64 // ms before which this process does not ask for the lease
+}
+
+func newBreaker(c *Client, store tripStore, shared bool, holder string) *breaker {
+	cfg := c.cfg
+	b := &breaker{c: c, store: store, shared: shared, holder: holder}
+	ratio, minReq := cfg.BreakerRatio, cfg.BreakerMinRequests
+	b.settings = gobreaker.Settings{
+		Name:         cfg.Name,
+		MaxRequests:  1,
+		Interval:     cfg.BreakerWindow,
+		BucketPeriod: cfg.BreakerWindow / 10,
+		Timeout:      cfg.OpenFor,
+		ReadyToTrip: func(n gobreaker.Counts) bool {
+			total := n.TotalFailures + n.TotalSuccesses
+			return minReq >= 0 && total >= uint32(minReq) && total > 0 &&
+				float64(n.TotalFailures) >= ratio*float64(total)
+		},
+		IsSuccessful: func(err error) bool { return err == nil },
+		IsExcluded:   func(err error) bool { return errors.Is(err, errBreakerExcluded) },
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			// Runs under gobreaker's lock: only flag it; the goroutine
+			// whose outcome tripped it publishes the trip.
+			if to == gobreaker.StateOpen {
+				b.pendingTrip.Store(true)
+			}
+		},
+	}
+	b.tripReason.Store("")
+	b.resetLocal()
+	return b
+}
+
+// resetLocal replaces the gobreaker with a fresh, closed one. After a trip
+// is published, the shared state decides open and half-open; the local
+// breaker starts counting again from zero.
+func (b *breaker) resetLocal() {
+	b.cb.Store(gobreaker.NewTwoStepCircuitBreaker[struct{}](b.settings))
+}
+
+// storeCtx bounds a store call and detaches it from the caller's
+// cancellation, so that a trip or a probe outcome is recorded even when
+// the caller has gone.
+func (b *breaker) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), b.c.cfg.RedisTimeout)
+}
+
+// snapshot returns the shared state, from Redis at most every
+// RefreshEvery; one goroutine refreshes while the others use the cache.
+func (b *breaker) snapshot(ctx context.Context) sharedState {
+	if !b.shared {
+		st, _ := b.store.load(ctx) // in process: cannot fail
+		return st
+	}
+	now := b.c.nowMs()
+	b.mu.Lock()
+	st, fetched, gen := b.cached, b.fetched, b.gen
+	b.mu.Unlock()
+	stale := now-fetched >= b.c.cfg.RefreshEvery.Milliseconds() || now < fetched
+	if !stale || !b.refreshing.CompareAndSwap(false, true) {
+		return st
+	}
+	defer b.refreshing.Store(false)
+	sctx, cancel := b.storeCtx(ctx)
+	fresh, err := b.store.load(sctx)
+	cancel()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.fetched = now
+	if err != nil {
+		b.c.storeError("load", err)
+		return b.cached
+	}
+	if b.gen == gen {
+		b.cached = fresh
+	}
+	return b.cached
+}
+
+// merge folds a state this process wrote into the cache.
+func (b *breaker) merge(st sharedState, closed bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.gen++
+	if closed {
+		b.cached.until, b.cached.reason = 0, ""
+		return
+	}
+	if st.until > b.cached.until {
+		b.cached.until, b.cached.reason = st.until, st.reason
+	}
+	b.cached.pause = max(b.cached.pause, st.pause)
+}
+
+// permit is one attempt's pass through the breaker.
+type permit struct {
+	done  func(error) // gobreaker's; nil for a probe
+	probe bool
+	until int64 // the deadline a probe was sent for
+}
+
+// allow lets an attempt through, or returns an *UnavailableError with
+// ReasonBreakerOpen.
+func (b *breaker) allow(ctx context.Context) (permit, error) {
+	st := b.snapshot(ctx)
+	now := b.c.nowMs()
+	if st.until != 0 {
+		if now < st.until {
+			return permit{}, b.openErr(time.Duration(st.until-now)*time.Millisecond, st.reason)
+		}
+		// Half-open: one probe in the cluster, the rest fall back.
+		if now < b.leaseRetry.Load() || !b.probing.CompareAndSwap(false, true) {
+			return permit{}, b.openErr(0, st.reason)
+		}
+		sctx, cancel := b.storeCtx(ctx)
+		won, err := b.store.lease(sctx, b.holder, b.c.cfg.AttemptTimeout+time.Second, now)
+		cancel()
+		if err != nil {
+			// Without the store, probe from this process alone.
+			b.c.storeError("lease", err)
+			won = true
+		}
+		if !won {
+			b.leaseRetry.Store(now + b.c.cfg.RefreshEvery.Milliseconds())
+			b.probing.Store(false)
+			return permit{}, b.openErr(0, st.reason)
+		}
+		b.c.metrics.probe()
+		return permit{probe: true, until: st.until}, nil
+	}
+	done, err := b.cb.Load().Allow()
+	if err != nil {
+		return permit{}, b.openErr(0, b.tripReason.Load().(string))
+	}
+	return permit{done: done}, nil
+}
+
+func (b *breaker) openErr(retryAfter time.Duration, reason string) error {
+	var err error
+	if reason != "" {
+		err = errors.New("chat: breaker opened after " + reason)
+	}
+	return &UnavailableError{Reason: ReasonBreakerOpen, RetryAfter: retryAfter, Err: err}
+}
+
+// finish records an attempt's outcome; reason describes a failure.
+func (b *breaker) finish(ctx context.Context, p permit, cls class, reason string) {
+	if p.probe {
+		defer b.probing.Store(false)
+		sctx, cancel := b.storeCtx(ctx)
+		defer cancel()
+		switch cls {
+		case classOK:
+			closed, err := b.store.close(sctx, p.until, b.holder)
+			if err != nil {
+				b.c.storeError("close", err)
+				closed = true
+			}
+			if closed {
+				b.merge(sharedState{}, true)
+				b.resetLocal()
+				b.c.logger.Info("chat: breaker closed by probe", "name", b.c.cfg.Name)
+			}
+		case classExcluded:
+			if _, err := b.store.close(sctx, 0, b.holder); err != nil {
+				b.c.storeError("release", err)
+			}
+			b.leaseRetry.Store(0)
+		default:
+			b.trip(sctx, reason, b.holder)
+		}
+		return
+	}
+	switch cls {
+	case classOK:
+		p.done(nil)
+	case classExcluded:
+		p.done(errBreakerExcluded)
+	default:
+		b.tripReason.Store(reason)
+		p.done(errBreakerFailure)
+	}
+	if b.pendingTrip.CompareAndSwap(true, false) {
+		sctx, cancel := b.storeCtx(ctx)
+		defer cancel()
+		b.trip(sctx, reason, "")
+	}
+}
+
+// trip opens the breaker for everyone until now+OpenFor (a later deadline
+// already set is kept).
+func (b *breaker) trip(ctx context.Context, reason, holder string) {
+	until := b.c.nowMs() + b.c.cfg.OpenFor.Milliseconds()
+	st, err := b.store.extend(ctx, "until", until, reason, 2*b.c.cfg.OpenFor, holder)
+	if err != nil {
+		b.c.storeError("trip", err)
+		st = sharedState{until: until, reason: reason}
+	}
+	b.merge(st, false)
+	b.resetLocal()
+	b.c.metrics.trip()
+	b.c.logger.Warn("chat: breaker opened", "name", b.c.cfg.Name, "reason", reason,
+		"until", time.UnixMilli(st.until).UTC())
+}
+
+// pause makes every instance wait before spending budget until deadline.
+func (b *breaker) pause(ctx context.Context, deadline int64) {
+	if deadline <= b.peek().pause {
+		return
+	}
+	b.merge(sharedState{pause: deadline}, false)
+	sctx, cancel := b.storeCtx(ctx)
+	defer cancel()
+	ttl := time.Duration(deadline-b.c.nowMs())*time.Millisecond + time.Second
+	st, err := b.store.extend(sctx, "pause", deadline, "", ttl, "")
+	if err != nil {
+		b.c.storeError("pause", err)
+		return
+	}
+	b.merge(st, false)
+}
+
+// peek returns the shared state as last seen, without I/O.
+func (b *breaker) peek() sharedState {
+	if !b.shared {
+		st, _ := b.store.load(context.Background())
+		return st
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cached
+}
+
+// state names the breaker's state as this process sees it.
+func (b *breaker) state() gobreaker.State {
+	until := b.peek().until
+	switch {
+	case until == 0:
+		return b.cb.Load().State()
+	case b.c.nowMs() < until:
+		return gobreaker.StateOpen
+	default:
+		return gobreaker.StateHalfOpen
+	}
+}
+
+// openNow reports whether the cached state says open (no I/O).
+func (b *breaker) openNow() bool {
+	until := b.peek().until
+	return until != 0 && b.c.nowMs() < until
+}

@@ -1,0 +1,89 @@
+package chat
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sentinel errors. Callers test for them with errors.Is.
+var (
+	// ErrUnavailable means the upstream could not be used for this call:
+	// the breaker is open, the bulkhead is full, the budget cannot be had
+	// in time, or the retries are spent. The error is an
+	// *UnavailableError. With a fallback configured, callers get the
+	// fallback reply instead of this error.
+	ErrUnavailable = errors.New("chat: upstream unavailable")
+	// ErrInvalidConfig means NewClient was given impossible settings.
+	ErrInvalidConfig = errors.New("chat: invalid config")
+)
+
+// Reason says why a call could not use the upstream.
+type Reason string
+
+// The reasons an *UnavailableError (and a degraded reply) can carry.
+const (
+	// ReasonBreakerOpen: the circuit breaker is open (here or, through
+	// Redis, on another instance), or a half-open probe is running
+	// elsewhere.
+	ReasonBreakerOpen Reason = "breaker_open"
+	// ReasonBulkheadFull: MaxInFlight calls were running for longer than
+	// BulkheadWait.
+	ReasonBulkheadFull Reason = "bulkhead_full"
+	// ReasonRateLimited: the request or token budget cannot be had before
+	// ctx's deadline, or the upstream asked to wait longer than allowed.
+	ReasonRateLimited Reason = "rate_limited"
+	// ReasonLimiterDown: the shared budget's store failed and the limiter
+	// fails closed.
+	ReasonLimiterDown Reason = "limiter_unavailable"
+	// ReasonQuota: the upstream answered insufficient_quota.
+	ReasonQuota Reason = "quota_exhausted"
+	// ReasonRetriesSpent: every allowed attempt failed with a retryable
+	// error, or the retry budget or ctx's deadline left no room for
+	// another.
+	ReasonRetriesSpent Reason = "retries_exhausted"
+)
+
+// UnavailableError is returned, when no fallback is configured, for a
+// call that could not get an answer from the upstream. It Is
+// ErrUnavailable and unwraps to the last underlying error (an
+// *openai.APIError, a ratelimit error, ...), if any.
+type UnavailableError struct {
+	// Reason says why.
+	Reason Reason
+	// StatusCode is the last HTTP status the upstream answered; zero
+	// when no attempt got an answer.
+	StatusCode int
+	// RetryAfter is how long to wait before trying again: the upstream's
+	// Retry-After, the time left until the breaker's half-open probe, or
+	// the limiter's estimate. Zero when unknown.
+	RetryAfter time.Duration
+	// Attempts is the number of upstream attempts the call made.
+	Attempts int
+	// Err is the last underlying error, or nil.
+	Err error
+}
+
+func (e *UnavailableError) Error() string {
+	s := fmt.Sprintf("chat: upstream unavailable (%s", e.Reason)
+	if e.StatusCode != 0 {
+		s += fmt.Sprintf(", status %d", e.StatusCode)
+	}
+	if e.Attempts > 0 {
+		s += fmt.Sprintf(", %d attempts", e.Attempts)
+	}
+	if e.RetryAfter > 0 {
+		s += fmt.Sprintf(", retry after %s", e.RetryAfter)
+	}
+	s += ")"
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+// Is reports whether target is ErrUnavailable.
+func (e *UnavailableError) Is(target error) bool { return target == ErrUnavailable }
+
+// Unwrap returns the last underlying error.
+func (e *UnavailableError) Unwrap() error { return e.Err }

@@ -1,0 +1,153 @@
+package chat
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics feeds Stats and, with a Registerer, Prometheus.
+type metrics struct {
+	n counters
+
+	calls     *prometheus.CounterVec
+	attempts  *prometheus.CounterVec
+	retries   prometheus.Counter
+	denied    prometheus.Counter
+	fallbacks *prometheus.CounterVec
+	trips     prometheus.Counter
+	probes    prometheus.Counter
+	wait      prometheus.Histogram
+}
+
+// newMetrics registers the collectors on reg (nil: none). Every series
+// carries the constant label client=<name>.
+func newMetrics(reg prometheus.Registerer, name string, c *Client) (*metrics, error) {
+	m := &metrics{}
+	if reg == nil {
+		return m, nil
+	}
+	labels := prometheus.Labels{"client": name}
+	m.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ai_chat_client_calls_total", ConstLabels: labels,
+		Help: "Calls by outcome: ok, fallback, unavailable, error, canceled.",
+	}, []string{"outcome"})
+	m.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ai_chat_client_attempts_total", ConstLabels: labels,
+		Help: "Upstream attempts by result: ok, retryable, fatal, excluded.",
+	}, []string{"result"})
+	m.retries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ai_chat_client_retries_total", ConstLabels: labels,
+		Help: "Retries sent.",
+	})
+	m.denied = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ai_chat_client_retries_denied_total", ConstLabels: labels,
+		Help: "Retries refused by the retry budget.",
+	})
+	m.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ai_chat_client_fallbacks_total", ConstLabels: labels,
+		Help: "Fallback replies by reason.",
+	}, []string{"reason"})
+	m.trips = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ai_chat_client_breaker_trips_total", ConstLabels: labels,
+		Help: "Breaker trips published by this instance.",
+	})
+	m.probes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ai_chat_client_breaker_probes_total", ConstLabels: labels,
+		Help: "Half-open probes sent by this instance.",
+	})
+	m.wait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "ai_chat_client_limiter_wait_seconds", ConstLabels: labels,
+		Help:    "Time spent waiting for request and token budget per attempt.",
+		Buckets: []float64{.001, .01, .05, .1, .5, 1, 2, 5, 10},
+	})
+	state := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ai_chat_client_breaker_state", ConstLabels: labels,
+		Help: "Breaker state as this instance sees it: 0 closed, 1 half-open, 2 open.",
+	}, func() float64 { return float64(c.br.state()) })
+	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ai_chat_client_in_flight", ConstLabels: labels,
+		Help: "Upstream calls and open streams holding a bulkhead slot.",
+	}, func() float64 {
+		if c.bulk == nil {
+			return 0
+		}
+		return float64(len(c.bulk))
+	})
+	for _, col := range []prometheus.Collector{m.calls, m.attempts, m.retries, m.denied, m.fallbacks, m.trips, m.probes, m.wait, state, inFlight} {
+		if err := reg.Register(col); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) call(outcome string) {
+	switch outcome {
+	case "ok":
+		m.n.ok.Add(1)
+	case "fallback":
+		m.n.fallback.Add(1)
+	case "unavailable":
+		m.n.unavailable.Add(1)
+	case "error":
+		m.n.errors.Add(1)
+	case "canceled":
+		m.n.canceled.Add(1)
+	}
+	if m.calls != nil {
+		m.calls.WithLabelValues(outcome).Inc()
+	}
+}
+
+func (m *metrics) attempt(cls class) {
+	m.n.attempts.Add(1)
+	if m.attempts != nil {
+		m.attempts.WithLabelValues(cls.String()).Inc()
+	}
+}
+
+func (m *metrics) retry() {
+	m.n.retries.Add(1)
+	if m.retries != nil {
+		m.retries.Inc()
+	}
+}
+
+func (m *metrics) retryDenied() {
+	m.n.retriesDenied.Add(1)
+	if m.denied != nil {
+		m.denied.Inc()
+	}
+}
+
+func (m *metrics) fallback(r Reason) {
+	if m.fallbacks != nil {
+		m.fallbacks.WithLabelValues(string(r)).Inc()
+	}
+}
+
+func (m *metrics) trip() {
+	m.n.trips.Add(1)
+	if m.trips != nil {
+		m.trips.Inc()
+	}
+}
+
+func (m *metrics) probe() {
+	m.n.probes.Add(1)
+	if m.probes != nil {
+		m.probes.Inc()
+	}
+}
+
+func (m *metrics) limiterWait(d time.Duration) {
+	m.n.waitNanos.Add(int64(d))
+	if m.wait != nil {
+		m.wait.Observe(d.Seconds())
+	}
+}
+
+func (m *metrics) bulkheadFull() { m.n.bulkheadFull.Add(1) }
+func (m *metrics) pause()        { m.n.pauses.Add(1) }
+func (m *metrics) storeError()   { m.n.storeErrors.Add(1) }
