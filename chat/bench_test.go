@@ -2,6 +2,7 @@ package chat
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -15,7 +16,8 @@ import (
 // BenchmarkOverhead compares, in one run, a bare go-openai call with the
 // same call through a Client (local request and token budgets, breaker,
 // bulkhead, metrics), both on the same tuned http.Client against the
-// fake with zero latency. Calls alternate so that noise hits both alike;
+// fake with zero latency. Calls alternate, and so does which of the two
+// goes first, so that noise hits both alike;
 // the ratio metric is client/bare.
 func BenchmarkOverhead(b *testing.B) {
 	fake := testutil.OpenAI(b, testutil.OpenAIConfig{})
@@ -40,18 +42,30 @@ func BenchmarkOverhead(b *testing.B) {
 	var tBare, tClient time.Duration
 	b.ReportAllocs()
 	b.ResetTimer()
-	for range b.N {
+	callBare := func() time.Duration {
 		t0 := time.Now()
 		if _, err := bare.CreateChatCompletion(ctx, req); err != nil {
 			b.Fatal(err)
 		}
-		t1 := time.Now()
+		return time.Since(t0)
+	}
+	callClient := func() time.Duration {
+		t0 := time.Now()
 		resp, err := c.CreateChatCompletion(ctx, req)
 		if err != nil || IsDegraded(resp) {
 			b.Fatal(err)
 		}
-		tBare += t1.Sub(t0)
-		tClient += time.Since(t1)
+		return time.Since(t0)
+	}
+	for i := range b.N {
+		// Alternate which goes first, so neither gains from the order.
+		if i%2 == 0 {
+			tBare += callBare()
+			tClient += callClient()
+		} else {
+			tClient += callClient()
+			tBare += callBare()
+		}
 	}
 	b.ReportMetric(float64(tBare.Nanoseconds())/float64(b.N), "bare-ns/call")
 	b.ReportMetric(float64(tClient.Nanoseconds())/float64(b.N), "client-ns/call")
@@ -94,5 +108,41 @@ func BenchmarkFallbackOpen(b *testing.B) {
 	})
 	if fake.Requests() != 0 {
 		b.Fatalf("%d upstream calls while open", fake.Requests())
+	}
+}
+
+// stubCompleter answers at once in process, so BenchmarkWrapper measures
+// the Client's own cost per call without HTTP.
+type stubCompleter struct{ resp openai.ChatCompletionResponse }
+
+func (s stubCompleter) CreateChatCompletion(context.Context, openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error) {
+	return s.resp, nil
+}
+
+func (s stubCompleter) CreateChatCompletionStream(context.Context, openai.ChatCompletionRequest) (*openai.ChatCompletionStream, error) {
+	return nil, errors.New("stub: no streams")
+}
+
+// BenchmarkWrapper is the Client's own cost per call (local request and
+// token budgets, breaker, bulkhead, attempt timeout, metrics) around an
+// in-process Completer.
+func BenchmarkWrapper(b *testing.B) {
+	inner := stubCompleter{resp: openai.ChatCompletionResponse{Usage: openai.Usage{TotalTokens: 20}}}
+	reqs, _ := ratelimit.NewLocal(ratelimit.PerSecond(1e9), ratelimit.Config{})
+	toks, _ := ratelimit.NewLocal(ratelimit.PerSecond(1e9), ratelimit.Config{})
+	c, err := NewClient(inner, Config{Requests: reqs, Tokens: toks, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	req := openai.ChatCompletionRequest{
+		Model: "gpt-4o-mini", MaxCompletionTokens: 64,
+		Messages: []openai.ChatCompletionMessage{{Role: openai.ChatMessageRoleUser, Content: "benchmark"}},
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.CreateChatCompletion(ctx, req); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -36,6 +36,12 @@ var (
 func stateKey(prefix, name string) string { return prefix + ":{" + name + "}:breaker" }
 func leaseKey(prefix, name string) string { return prefix + ":{" + name + "}:probe" }
 
+// cachedState is a sharedState and when it was loaded (ms).
+type cachedState struct {
+	st      sharedState
+	fetched int64
+}
+
 // sharedState is the breaker state every instance sees. Times are ms
 // since the epoch on the callers' clocks; zero means unset.
 type sharedState struct {
@@ -180,10 +186,12 @@ type breaker struct {
 	pendingTrip atomic.Bool
 	tripReason  atomic.Value // string
 
-	mu      sync.Mutex
-	cached  sharedState
-	fetched int64  // ms of the last load
-	gen     uint64 // bumped by local writes, so a slower load does not undo them
+	// cache is the shared state as last seen, read without a lock on
+	// every call; mu serialises its writers and gen counts local writes,
+	// so that a slower load does not undo them.
+	cache atomic.Pointer[cachedState]
+	mu    sync.Mutex
+	gen   uint64
 
 	refreshing atomic.Bool
 	probing    atomic.Bool  // a goroutine of this process holds or seeks the lease
@@ -216,6 +224,7 @@ func newBreaker(c *Client, store tripStore, shared bool, holder string) *breaker
 		},
 	}
 	b.tripReason.Store("")
+	b.cache.Store(&cachedState{})
 	b.resetLocal()
 	return b
 }
@@ -234,36 +243,37 @@ func (b *breaker) storeCtx(ctx context.Context) (context.Context, context.Cancel
 	return context.WithTimeout(context.WithoutCancel(ctx), b.c.cfg.RedisTimeout)
 }
 
-// snapshot returns the shared state, from Redis at most every
-// RefreshEvery; one goroutine refreshes while the others use the cache.
-func (b *breaker) snapshot(ctx context.Context) sharedState {
+// snapshot returns the shared state at now (ms), from Redis at most
+// every RefreshEvery; one goroutine refreshes while the others use the
+// cache. Without Redis the cache is the state: this process is its only
+// writer.
+func (b *breaker) snapshot(ctx context.Context, now int64) sharedState {
+	e := b.cache.Load()
 	if !b.shared {
-		st, _ := b.store.load(ctx) // in process: cannot fail
-		return st
+		return e.st
 	}
-	now := b.c.nowMs()
-	b.mu.Lock()
-	st, fetched, gen := b.cached, b.fetched, b.gen
-	b.mu.Unlock()
-	stale := now-fetched >= b.c.cfg.RefreshEvery.Milliseconds() || now < fetched
+	stale := now-e.fetched >= b.c.cfg.RefreshEvery.Milliseconds() || now < e.fetched
 	if !stale || !b.refreshing.CompareAndSwap(false, true) {
-		return st
+		return e.st
 	}
 	defer b.refreshing.Store(false)
+	b.mu.Lock()
+	gen := b.gen
+	b.mu.Unlock()
 	sctx, cancel := b.storeCtx(ctx)
 	fresh, err := b.store.load(sctx)
 	cancel()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.fetched = now
+	cur := b.cache.Load()
+	next := &cachedState{st: cur.st, fetched: now}
 	if err != nil {
 		b.c.storeError("load", err)
-		return b.cached
+	} else if b.gen == gen {
+		next.st = fresh
 	}
-	if b.gen == gen {
-		b.cached = fresh
-	}
-	return b.cached
+	b.cache.Store(next)
+	return next.st
 }
 
 // merge folds a state this process wrote into the cache.
@@ -271,14 +281,16 @@ func (b *breaker) merge(st sharedState, closed bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.gen++
+	next := *b.cache.Load()
 	if closed {
-		b.cached.until, b.cached.reason = 0, ""
-		return
+		next.st.until, next.st.reason = 0, ""
+	} else {
+		if st.until > next.st.until {
+			next.st.until, next.st.reason = st.until, st.reason
+		}
+		next.st.pause = max(next.st.pause, st.pause)
 	}
-	if st.until > b.cached.until {
-		b.cached.until, b.cached.reason = st.until, st.reason
-	}
-	b.cached.pause = max(b.cached.pause, st.pause)
+	b.cache.Store(&next)
 }
 
 // permit is one attempt's pass through the breaker.
@@ -290,9 +302,8 @@ type permit struct {
 
 // allow lets an attempt through, or returns an *UnavailableError with
 // ReasonBreakerOpen.
-func (b *breaker) allow(ctx context.Context) (permit, error) {
-	st := b.snapshot(ctx)
-	now := b.c.nowMs()
+func (b *breaker) allow(ctx context.Context, now int64) (permit, error) {
+	st := b.snapshot(ctx, now)
 	if st.until != 0 {
 		if now < st.until {
 			return permit{}, b.openErr(time.Duration(st.until-now)*time.Millisecond, st.reason)
@@ -302,7 +313,10 @@ func (b *breaker) allow(ctx context.Context) (permit, error) {
 			return permit{}, b.openErr(0, st.reason)
 		}
 		sctx, cancel := b.storeCtx(ctx)
-		won, err := b.store.lease(sctx, b.holder, b.c.cfg.AttemptTimeout+time.Second, now)
+		// The lease outlives the probe's bulkhead wait and attempt; it is
+		// released as soon as the probe ends.
+		ttl := b.c.cfg.AttemptTimeout + max(b.c.cfg.BulkheadWait, 0) + time.Second
+		won, err := b.store.lease(sctx, b.holder, ttl, now)
 		cancel()
 		if err != nil {
 			// Without the store, probe from this process alone.
@@ -409,16 +423,8 @@ func (b *breaker) pause(ctx context.Context, deadline int64) {
 	b.merge(st, false)
 }
 
-// peek returns the shared state as last seen, without I/O.
-func (b *breaker) peek() sharedState {
-	if !b.shared {
-		st, _ := b.store.load(context.Background())
-		return st
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.cached
-}
+// peek returns the shared state as last seen, without I/O or lock.
+func (b *breaker) peek() sharedState { return b.cache.Load().st }
 
 // state names the breaker's state as this process sees it.
 func (b *breaker) state() gobreaker.State {
@@ -431,10 +437,4 @@ func (b *breaker) state() gobreaker.State {
 	default:
 		return gobreaker.StateHalfOpen
 	}
-}
-
-// openNow reports whether the cached state says open (no I/O).
-func (b *breaker) openNow() bool {
-	until := b.peek().until
-	return until != 0 && b.c.nowMs() < until
 }

@@ -85,7 +85,9 @@ type Config struct {
 	// retries. Zero means 250 ms and 20 s.
 	BaseDelay, MaxDelay time.Duration
 	// RetryRatio is the share of first attempts that may be retried over
-	// RetryWindow. Zero means 0.2; negative means no retry budget.
+	// RetryWindow; only first attempts that reached the upstream count
+	// (calls refused by the breaker, the budget or the bulkhead do not).
+	// Zero means 0.2; negative means no retry budget.
 	RetryRatio float64
 	// RetryFloor is the number of retries per second allowed on top of
 	// RetryRatio, so that low traffic can still retry. Zero means 1;
@@ -359,14 +361,14 @@ type attemptResult struct {
 	cls        class
 	upstream   bool // the attempt reached the upstream call
 	status     int
-	retryAfter time.Duration
+	retryAfter time.Duration // zero unless err != nil
 	took       time.Duration
+	end        time.Time // when the attempt ended (Config.Now)
 }
 
 // run is the retry loop around attempts.
 func (c *Client) run(ctx context.Context, req openai.ChatCompletionRequest, try func(reserve int) attemptResult) error {
 	reserve := c.reservation(req)
-	c.budget.first(c.now())
 	var (
 		attempts int
 		last     attemptResult
@@ -379,9 +381,15 @@ func (c *Client) run(ctx context.Context, req openai.ChatCompletionRequest, try 
 		if res.upstream {
 			attempts++
 			c.metrics.attempt(res.cls)
+			if n == 1 {
+				// Only first attempts that reached the upstream fund
+				// retries: calls refused by an open breaker, the budget
+				// or the bulkhead must not inflate the retry budget.
+				c.budget.first(res.end)
+			}
 		}
 		if res.err == nil {
-			c.metrics.call("ok")
+			c.metrics.call(outOK)
 			return nil
 		}
 		var u *UnavailableError
@@ -399,13 +407,13 @@ func (c *Client) run(ctx context.Context, req openai.ChatCompletionRequest, try 
 			}
 			return c.unavailable(u)
 		case !res.upstream && ctx.Err() == nil:
-			c.metrics.call("error") // e.g. a token reservation over the budget's burst
+			c.metrics.call(outError) // e.g. a token reservation over the budget's burst
 			return res.err
 		case !res.upstream || res.cls == classExcluded:
-			c.metrics.call("canceled")
+			c.metrics.call(outCanceled)
 			return res.err
 		case res.cls == classOK:
-			c.metrics.call("error")
+			c.metrics.call(outError)
 			return res.err
 		}
 		last = res
@@ -419,21 +427,23 @@ func (c *Client) run(ctx context.Context, req openai.ChatCompletionRequest, try 
 			return c.unavailable(spent(ReasonRateLimited))
 		}
 		delay := c.delay(n, res.retryAfter)
-		if dl, ok := ctx.Deadline(); ok && c.now().Add(delay+res.took).After(dl) {
+		// The retry must be able to finish: its wait plus an attempt as
+		// long as the one that just failed.
+		if dl, ok := ctx.Deadline(); ok && res.end.Add(delay+res.took).After(dl) {
 			return c.unavailable(spent(ReasonRetriesSpent))
 		}
-		if c.br.openNow() {
+		if until := c.br.peek().until; until != 0 && res.end.UnixMilli() < until {
 			u := spent(ReasonBreakerOpen)
-			u.RetryAfter = time.Duration(c.br.peek().until-c.nowMs()) * time.Millisecond
+			u.RetryAfter = time.Duration(until-res.end.UnixMilli()) * time.Millisecond
 			return c.unavailable(u)
 		}
-		if !c.budget.retry(c.now()) {
+		if !c.budget.retry(res.end) {
 			c.metrics.retryDenied()
 			return c.unavailable(spent(ReasonRetriesSpent))
 		}
 		c.metrics.retry()
 		if err := c.sleep(ctx, delay); err != nil {
-			c.metrics.call("canceled")
+			c.metrics.call(outCanceled)
 			return err
 		}
 	}
@@ -441,9 +451,9 @@ func (c *Client) run(ctx context.Context, req openai.ChatCompletionRequest, try 
 
 func (c *Client) unavailable(u *UnavailableError) error {
 	if c.cfg.DisableFallback {
-		c.metrics.call("unavailable")
+		c.metrics.call(outUnavailable)
 	} else {
-		c.metrics.call("fallback")
+		c.metrics.call(outFallback)
 		c.metrics.fallback(u.Reason)
 	}
 	return u
@@ -453,8 +463,8 @@ func (c *Client) unavailable(u *UnavailableError) error {
 // upstream's Retry-After when there is one.
 func (c *Client) delay(n int, retryAfter time.Duration) time.Duration {
 	ceil := c.cfg.MaxDelay
-	if n-1 < 32 {
-		ceil = min(ceil, c.cfg.BaseDelay<<(n-1))
+	if n-1 < 62 && c.cfg.BaseDelay <= c.cfg.MaxDelay>>(n-1) { // no overflow
+		ceil = c.cfg.BaseDelay << (n - 1)
 	}
 	var j time.Duration
 	if ceil > 0 {
@@ -492,30 +502,42 @@ func (c *Client) reservation(req openai.ChatCompletionRequest) int {
 }
 
 // enter passes an attempt through the breaker, the budget and the
-// bulkhead, in that order.
-func (c *Client) enter(ctx context.Context, reserve int) (permit, error) {
-	p, err := c.br.allow(ctx)
+// bulkhead, in that order. It returns when the attempt may start (the
+// time after any wait for budget).
+func (c *Client) enter(ctx context.Context, reserve int) (permit, time.Time, error) {
+	now := c.now()
+	p, err := c.br.allow(ctx, now.UnixMilli())
 	if err != nil {
-		return p, err
+		return p, now, err
 	}
-	if err := c.waitBudget(ctx, reserve); err != nil {
+	if now, err = c.waitBudget(ctx, reserve, now); err != nil {
 		c.br.finish(ctx, p, classExcluded, "")
-		return permit{}, err
+		return permit{}, now, err
 	}
 	if err := c.acquire(ctx); err != nil {
 		c.refund(ctx, reserve)
 		c.br.finish(ctx, p, classExcluded, "")
-		return permit{}, err
+		return permit{}, now, err
 	}
-	return p, nil
+	return p, now, nil
 }
 
 // waitBudget waits out an adaptive pause, then spends 1 request and
-// reserve tokens, all or nothing.
-func (c *Client) waitBudget(ctx context.Context, reserve int) error {
-	start := c.now()
-	defer func() { c.metrics.limiterWait(c.now().Sub(start)) }()
-	if pause := c.br.peek().pause; pause > start.UnixMilli() {
+// reserve tokens, all or nothing. start is the current time; it returns
+// the time after the wait.
+func (c *Client) waitBudget(ctx context.Context, reserve int, start time.Time) (time.Time, error) {
+	pause := c.br.peek().pause
+	if pause <= start.UnixMilli() && c.cfg.Requests == nil && c.cfg.Tokens == nil {
+		return start, nil
+	}
+	err := c.spendBudget(ctx, reserve, start, pause)
+	end := c.now()
+	c.metrics.limiterWait(end.Sub(start))
+	return end, err
+}
+
+func (c *Client) spendBudget(ctx context.Context, reserve int, start time.Time, pause int64) error {
+	if pause > start.UnixMilli() {
 		d := time.Duration(pause-start.UnixMilli()) * time.Millisecond
 		if dl, ok := ctx.Deadline(); ok && start.Add(d).After(dl) {
 			return &UnavailableError{Reason: ReasonRateLimited, RetryAfter: d}
@@ -524,7 +546,8 @@ func (c *Client) waitBudget(ctx context.Context, reserve int) error {
 			return err
 		}
 	}
-	costs := make([]ratelimit.Cost, 0, 2)
+	var buf [2]ratelimit.Cost
+	costs := buf[:0]
 	if c.cfg.Requests != nil {
 		costs = append(costs, ratelimit.Cost{Limiter: c.cfg.Requests, Key: c.cfg.RequestKey, N: 1})
 	}
@@ -554,13 +577,27 @@ func (c *Client) waitBudget(ctx context.Context, reserve int) error {
 
 // refund gives back what waitBudget spent, when no upstream call followed.
 func (c *Client) refund(ctx context.Context, reserve int) {
-	sctx, cancel := c.br.storeCtx(ctx)
-	defer cancel()
-	if c.cfg.Requests != nil {
-		_ = c.cfg.Requests.Adjust(sctx, c.cfg.RequestKey, -1)
+	c.adjust(ctx, c.cfg.Requests, c.cfg.RequestKey, -1)
+	c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, -reserve)
+}
+
+// adjust settles delta on lim (nil: nothing), even when ctx has ended, in
+// at most RedisTimeout. A *ratelimit.Local does no I/O and ignores ctx,
+// so it gets no timer.
+func (c *Client) adjust(ctx context.Context, lim ratelimit.Limiter, key string, delta int) {
+	if lim == nil || delta == 0 {
+		return
 	}
-	if c.cfg.Tokens != nil {
-		_ = c.cfg.Tokens.Adjust(sctx, c.cfg.TokenKey, -reserve)
+	var err error
+	if _, local := lim.(*ratelimit.Local); local {
+		err = lim.Adjust(ctx, key, delta)
+	} else {
+		sctx, cancel := c.br.storeCtx(ctx)
+		err = lim.Adjust(sctx, key, delta)
+		cancel()
+	}
+	if err != nil {
+		c.logger.Warn("chat: settling budget", "name", c.cfg.Name, "key", key, "delta", delta, "err", err)
 	}
 }
 
@@ -599,11 +636,10 @@ func (c *Client) release() {
 }
 
 func (c *Client) attemptUnary(ctx context.Context, req openai.ChatCompletionRequest, reserve int) (openai.ChatCompletionResponse, attemptResult) {
-	p, err := c.enter(ctx, reserve)
+	p, start, err := c.enter(ctx, reserve)
 	if err != nil {
 		return openai.ChatCompletionResponse{}, attemptResult{err: err, cls: classExcluded}
 	}
-	start := c.now()
 	actx, cancel := context.WithTimeoutCause(ctx, c.cfg.AttemptTimeout, errAttemptTimeout)
 	a := &attemptInfo{}
 	resp, err := c.inner.CreateChatCompletion(withAttempt(actx, a), req)
@@ -625,11 +661,10 @@ func (c *Client) attemptUnary(ctx context.Context, req openai.ChatCompletionRequ
 }
 
 func (c *Client) attemptStream(ctx context.Context, req openai.ChatCompletionRequest, reserve int) (*openai.ChatCompletionStream, attemptResult) {
-	p, err := c.enter(ctx, reserve)
+	p, start, err := c.enter(ctx, reserve)
 	if err != nil {
 		return nil, attemptResult{err: err, cls: classExcluded}
 	}
-	start := c.now()
 	sctx, cancel := context.WithCancelCause(ctx)
 	// The timeout covers the wait for the first byte only; the stream
 	// then lives as long as ctx, until the caller closes it.
@@ -651,6 +686,10 @@ func (c *Client) attemptStream(ctx context.Context, req openai.ChatCompletionReq
 		// Without Transport nothing tells us when the stream ends: free
 		// the slot now; the attempt's context ends with ctx.
 		once.Do(c.release)
+	default:
+		// The caller's ctx ending frees the slot too, even if the
+		// stream is never read or closed again.
+		context.AfterFunc(sctx, a.end)
 	}
 	if h == nil && s != nil {
 		h = s.Header()
@@ -663,21 +702,17 @@ func (c *Client) attemptStream(ctx context.Context, req openai.ChatCompletionReq
 
 // leave settles an attempt: adaptive pause, token usage, breaker.
 func (c *Client) leave(ctx context.Context, p permit, reserve int, cls class, status int, h http.Header, usage *openai.Usage, err error, start time.Time) attemptResult {
-	c.observe(ctx, h)
-	if usage != nil && usage.TotalTokens > 0 && c.cfg.Tokens != nil {
-		if delta := usage.TotalTokens - reserve; delta != 0 {
-			sctx, cancel := c.br.storeCtx(ctx)
-			if aerr := c.cfg.Tokens.Adjust(sctx, c.cfg.TokenKey, delta); aerr != nil {
-				c.logger.Warn("chat: settling tokens", "name", c.cfg.Name, "err", aerr)
-			}
-			cancel()
-		}
+	end := c.now()
+	c.observe(ctx, h, end)
+	if usage != nil && usage.TotalTokens > 0 {
+		c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, usage.TotalTokens-reserve)
 	}
 	c.br.finish(ctx, p, cls, failureReason(cls, status, err))
-	return attemptResult{
-		err: err, cls: cls, upstream: true, status: status,
-		retryAfter: retryAfter(h, c.now()), took: c.now().Sub(start),
+	res := attemptResult{err: err, cls: cls, upstream: true, status: status, took: end.Sub(start), end: end}
+	if err != nil {
+		res.retryAfter = retryAfter(h, end)
 	}
+	return res
 }
 
 func failureReason(cls class, status int, err error) string {
@@ -695,7 +730,7 @@ func failureReason(cls class, status int, err error) string {
 
 // observe pauses every instance until the upstream's reset time when its
 // x-ratelimit-remaining-* headers say the budget is (nearly) spent.
-func (c *Client) observe(ctx context.Context, h http.Header) {
+func (c *Client) observe(ctx context.Context, h http.Header, now time.Time) {
 	if h == nil {
 		return
 	}
@@ -716,7 +751,7 @@ func (c *Client) observe(ctx context.Context, h http.Header) {
 	}
 	wait = min(wait, c.cfg.MaxPause)
 	c.metrics.pause()
-	c.br.pause(ctx, c.now().Add(wait).UnixMilli())
+	c.br.pause(ctx, now.Add(wait).UnixMilli())
 }
 
 // parseReset reads an x-ratelimit-reset-* value: a Go-style duration
@@ -765,8 +800,9 @@ type Stats struct {
 func (c *Client) Stats() Stats {
 	m := c.metrics
 	s := Stats{
-		OK: m.n.ok.Load(), Fallbacks: m.n.fallback.Load(), Unavailable: m.n.unavailable.Load(),
-		Errors: m.n.errors.Load(), Canceled: m.n.canceled.Load(),
+		OK: m.n.calls[outOK].Load(), Fallbacks: m.n.calls[outFallback].Load(),
+		Unavailable: m.n.calls[outUnavailable].Load(), Errors: m.n.calls[outError].Load(),
+		Canceled: m.n.calls[outCanceled].Load(),
 		Attempts: m.n.attempts.Load(), Retries: m.n.retries.Load(), RetriesDenied: m.n.retriesDenied.Load(),
 		Trips: m.n.trips.Load(), Probes: m.n.probes.Load(), BulkheadFull: m.n.bulkheadFull.Load(),
 		Pauses: m.n.pauses.Load(), StoreErrors: m.n.storeErrors.Load(),
@@ -781,9 +817,9 @@ func (c *Client) Stats() Stats {
 
 // counters back Stats.
 type counters struct {
-	ok, fallback, unavailable, errors, canceled atomic.Uint64
-	attempts, retries, retriesDenied            atomic.Uint64
-	trips, probes, bulkheadFull, pauses         atomic.Uint64
-	storeErrors                                 atomic.Uint64
-	waitNanos                                   atomic.Int64
+	calls                               [numOutcomes]atomic.Uint64
+	attempts, retries, retriesDenied    atomic.Uint64
+	trips, probes, bulkheadFull, pauses atomic.Uint64
+	storeErrors                         atomic.Uint64
+	waitNanos                           atomic.Int64
 }

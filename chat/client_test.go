@@ -153,8 +153,12 @@ func TestBreakerOpensFallsBackAndRecovers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	toks, err := ratelimit.NewLocal(ratelimit.PerMinute(100000), ratelimit.Config{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
 	c := newTestClient(t, fake, Config{
-		Requests: reqs, MaxAttempts: 1, BreakerMinRequests: 4, OpenFor: 10 * time.Second, Now: clk.Now,
+		Requests: reqs, Tokens: toks, MaxAttempts: 1, BreakerMinRequests: 4, OpenFor: 10 * time.Second, Now: clk.Now,
 	}, false)
 	ctx := context.Background()
 
@@ -180,6 +184,11 @@ func TestBreakerOpensFallsBackAndRecovers(t *testing.T) {
 	d, err := reqs.Allow(ctx, "openai:requests", 1)
 	if err != nil || d.Remaining != 100-4-1 {
 		t.Fatalf("request budget remaining %d (%v), want %d: an open breaker must spend none", d.Remaining, err, 100-5)
+	}
+	// The failed attempts keep their reservation (no usage to settle).
+	reserve := c.reservation(request("down"))
+	if d, err := toks.Allow(ctx, "openai:tokens", 1); err != nil || d.Remaining != 100000-4*reserve-1 {
+		t.Fatalf("token budget remaining %d (%v), want %d: an open breaker must spend none", d.Remaining, err, 100000-4*reserve-1)
 	}
 
 	// Without a fallback the caller sees the typed error.
@@ -332,7 +341,16 @@ func TestNoRetryPastDeadline(t *testing.T) {
 func TestBulkheadFullFallsBack(t *testing.T) {
 	fake := testutil.OpenAI(t, testutil.OpenAIConfig{})
 	fake.Script(testutil.FakeStep{Hang: true})
-	c := newTestClient(t, fake, Config{MaxInFlight: 1, BulkheadWait: -1}, false)
+	clk := newClock()
+	reqs, err := ratelimit.NewLocal(ratelimit.PerMinute(100), ratelimit.Config{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	toks, err := ratelimit.NewLocal(ratelimit.PerMinute(100000), ratelimit.Config{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newTestClient(t, fake, Config{Requests: reqs, Tokens: toks, MaxInFlight: 1, BulkheadWait: -1, Now: clk.Now}, false)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -350,6 +368,53 @@ func TestBulkheadFullFallsBack(t *testing.T) {
 	<-done
 	if s := c.Stats(); s.BulkheadFull != 1 || s.InFlight != 0 {
 		t.Fatalf("stats %+v", s)
+	}
+	// Only the call that reached the upstream spent budget: the refused
+	// one was refunded.
+	bg := context.Background()
+	if d, err := reqs.Allow(bg, "openai:requests", 1); err != nil || d.Remaining != 100-1-1 {
+		t.Fatalf("request budget remaining %d (%v), want %d", d.Remaining, err, 100-2)
+	}
+	reserve := c.reservation(request("hang"))
+	if d, err := toks.Allow(bg, "openai:tokens", 1); err != nil || d.Remaining != 100000-reserve-1 {
+		t.Fatalf("token budget remaining %d (%v), want %d", d.Remaining, err, 100000-reserve-1)
+	}
+}
+
+// Calls refused before the upstream (here by the request budget) are no
+// first attempts: they must not fund retries for later calls.
+func TestRetryBudgetIgnoresRefusedCalls(t *testing.T) {
+	fake := testutil.OpenAI(t, testutil.OpenAIConfig{})
+	fake.Always(&testutil.FakeStep{Status: 503})
+	clk := newClock()
+	reqs, err := ratelimit.NewLocal(ratelimit.PerMinute(1), ratelimit.Config{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newTestClient(t, fake, Config{
+		Requests: reqs, MaxAttempts: 2, BreakerMinRequests: -1,
+		RetryRatio: 0.2, RetryFloor: -1, Now: clk.Now, DisableFallback: true,
+	}, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	limited := 0
+	for range 50 {
+		_, err := c.CreateChatCompletion(ctx, request("x"))
+		var u *UnavailableError
+		if errors.As(err, &u) && u.Reason == ReasonRateLimited {
+			limited++
+		}
+	}
+	if limited != 49 || fake.Requests() != 1 {
+		t.Fatalf("limited %d, upstream %d; want 49, 1", limited, fake.Requests())
+	}
+	c.cfg.Requests = nil
+	for range 5 {
+		_, _ = c.CreateChatCompletion(ctx, request("y"))
+	}
+	// 6 first attempts reached the upstream: at most 0.2·6 = 1 retry.
+	if n := fake.Requests(); n > 1+5+1 {
+		t.Fatalf("upstream saw %d calls, want <= 7: refused calls funded retries", n)
 	}
 }
 
@@ -393,6 +458,74 @@ func TestStreamRetriedOnlyBeforeFirstByte(t *testing.T) {
 	if n := fake.Requests(); n != 3 {
 		t.Fatalf("upstream saw %d calls, want 3", n)
 	}
+}
+
+// Every way a stream ends frees its bulkhead slot.
+func TestStreamReleasesSlot(t *testing.T) {
+	fake := testutil.OpenAI(t, testutil.OpenAIConfig{})
+	c := newTestClient(t, fake, Config{MaxAttempts: 1, MaxInFlight: 4}, false)
+	req := request("slot")
+	inFlight := func() bool { return c.Stats().InFlight == 0 }
+
+	// Closed without reading.
+	s, err := c.CreateChatCompletionStream(context.Background(), req)
+	if err != nil || IsDegradedStream(s) || c.Stats().InFlight != 1 {
+		t.Fatalf("open: err %v, in flight %d", err, c.Stats().InFlight)
+	}
+	_ = s.Close()
+	if !inFlight() {
+		t.Fatalf("close: in flight %d", c.Stats().InFlight)
+	}
+
+	// An error status before the stream (fallback).
+	fake.Script(testutil.FakeStep{Status: 503})
+	s, err = c.CreateChatCompletionStream(context.Background(), req)
+	if err != nil || !IsDegradedStream(s) || !inFlight() {
+		t.Fatalf("503: err %v, degraded %v, in flight %d", err, IsDegradedStream(s), c.Stats().InFlight)
+	}
+	_ = s.Close()
+
+	// Cut mid-stream: Recv fails; the body read error frees the slot.
+	fake.Script(testutil.FakeStep{CutAfter: 1})
+	s, err = c.CreateChatCompletionStream(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		if _, err := s.Recv(); err != nil {
+			break
+		}
+	}
+	waitFor(t, inFlight)
+	_ = s.Close()
+
+	// The caller's ctx ends while the stream is open and nobody reads.
+	fake.Script(testutil.FakeStep{StallStream: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cfg.AttemptTimeout = time.Hour
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if s, err := c.CreateChatCompletionStream(ctx, req); err == nil {
+			defer s.Close()
+		}
+	}()
+	if err := fake.WaitRequests(context.Background(), 4); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-done
+	waitFor(t, inFlight)
+
+	// Open, then ctx cancelled without Recv or Close.
+	ctx, cancel = context.WithCancel(context.Background())
+	s, err = c.CreateChatCompletionStream(ctx, req)
+	if err != nil || c.Stats().InFlight != 1 {
+		t.Fatalf("open: err %v, in flight %d", err, c.Stats().InFlight)
+	}
+	cancel()
+	waitFor(t, inFlight)
+	_ = s.Close()
 }
 
 func TestStreamFallback(t *testing.T) {
@@ -551,9 +684,20 @@ func TestMetricsOnRegisterer(t *testing.T) {
 			want[mf.GetName()] = true
 		}
 		if mf.GetName() == "ai_chat_client_calls_total" {
-			m := mf.GetMetric()[0]
-			if m.GetCounter().GetValue() != 1 || len(m.GetLabel()) != 2 {
-				t.Errorf("calls: %v", m)
+			// Every outcome's series exists from the start; only "ok" counted.
+			if len(mf.GetMetric()) != int(numOutcomes) {
+				t.Errorf("calls: %d series, want %d", len(mf.GetMetric()), numOutcomes)
+			}
+			for _, m := range mf.GetMetric() {
+				want := 0.0
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "outcome" && l.GetValue() == "ok" {
+						want = 1
+					}
+				}
+				if m.GetCounter().GetValue() != want || len(m.GetLabel()) != 2 {
+					t.Errorf("calls: %v", m)
+				}
 			}
 		}
 	}

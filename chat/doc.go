@@ -41,7 +41,8 @@
 // told the same delay do not wake together. A retry is not made when the
 // wait plus the duration of the failed attempt would pass ctx's deadline,
 // when Retry-After exceeds MaxDelay, or when the retry budget (RetryRatio
-// of first attempts over RetryWindow plus RetryFloor per second, as in
+// of the first attempts that reached the upstream over RetryWindow, plus
+// RetryFloor per second, as in
 // Finagle's RetryBudget and gRPC's retry throttling) is spent: a full
 // outage then costs at most (1+RetryRatio) upstream calls per call, plus
 // the floor.
@@ -83,4 +84,24 @@
 // A fallback reply has SystemFingerprint DegradedFingerprint and its
 // Header() carries DegradedHeader set to the Reason; IsDegraded and
 // IsDegradedStream test for it.
+//
+// # Metrics
+//
+// With Config.Registerer, a Client registers these collectors, each with
+// the constant label client=<Config.Name>:
+//
+//	ai_chat_client_calls_total{outcome}        ok, fallback, unavailable, error, canceled
+//	ai_chat_client_attempts_total{result}      upstream attempts: ok, retryable, fatal, excluded
+//	ai_chat_client_retries_total               retries sent
+//	ai_chat_client_retries_denied_total        retries refused by the retry budget
+//	ai_chat_client_fallbacks_total{reason}     fallback replies by Reason
+//	ai_chat_client_breaker_trips_total         trips published by this instance
+//	ai_chat_client_breaker_probes_total        half-open probes sent by this instance
+//	ai_chat_client_limiter_wait_seconds        histogram of the wait for budget per attempt
+//	ai_chat_client_breaker_state               0 closed, 1 half-open, 2 open
+//	ai_chat_client_in_flight                   bulkhead slots in use
+//
+// They describe the upstream client only; the per-turn metrics
+// ai_chat_requests_total and ai_chat_request_duration_seconds belong to
+// the turn pipeline, not to Client.
 package chat

@@ -6,15 +6,36 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// metrics feeds Stats and, with a Registerer, Prometheus.
+// outcome is how a call ended, for Stats and the calls metric.
+type outcome int
+
+const (
+	outOK outcome = iota
+	outFallback
+	outUnavailable
+	outError
+	outCanceled
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{"ok", "fallback", "unavailable", "error", "canceled"}
+
+// numClasses is the number of class values, for the attempts metric.
+const numClasses = int(classExcluded) + 1
+
+// reasons lists every Reason, for the fallbacks metric.
+var reasons = []Reason{ReasonBreakerOpen, ReasonBulkheadFull, ReasonRateLimited, ReasonLimiterDown, ReasonQuota, ReasonRetriesSpent}
+
+// metrics feeds Stats and, with a Registerer, Prometheus. The labelled
+// series are resolved once in newMetrics, so a call does no label lookup.
 type metrics struct {
 	n counters
 
-	calls     *prometheus.CounterVec
-	attempts  *prometheus.CounterVec
+	calls     [numOutcomes]prometheus.Counter // nil without a Registerer
+	attempts  [numClasses]prometheus.Counter
+	fallbacks map[Reason]prometheus.Counter
 	retries   prometheus.Counter
 	denied    prometheus.Counter
-	fallbacks *prometheus.CounterVec
 	trips     prometheus.Counter
 	probes    prometheus.Counter
 	wait      prometheus.Histogram
@@ -28,11 +49,11 @@ func newMetrics(reg prometheus.Registerer, name string, c *Client) (*metrics, er
 		return m, nil
 	}
 	labels := prometheus.Labels{"client": name}
-	m.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
+	calls := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ai_chat_client_calls_total", ConstLabels: labels,
 		Help: "Calls by outcome: ok, fallback, unavailable, error, canceled.",
 	}, []string{"outcome"})
-	m.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+	attempts := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ai_chat_client_attempts_total", ConstLabels: labels,
 		Help: "Upstream attempts by result: ok, retryable, fatal, excluded.",
 	}, []string{"result"})
@@ -44,7 +65,7 @@ func newMetrics(reg prometheus.Registerer, name string, c *Client) (*metrics, er
 		Name: "ai_chat_client_retries_denied_total", ConstLabels: labels,
 		Help: "Retries refused by the retry budget.",
 	})
-	m.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+	fallbacks := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ai_chat_client_fallbacks_total", ConstLabels: labels,
 		Help: "Fallback replies by reason.",
 	}, []string{"reason"})
@@ -74,36 +95,35 @@ func newMetrics(reg prometheus.Registerer, name string, c *Client) (*metrics, er
 		}
 		return float64(len(c.bulk))
 	})
-	for _, col := range []prometheus.Collector{m.calls, m.attempts, m.retries, m.denied, m.fallbacks, m.trips, m.probes, m.wait, state, inFlight} {
+	for _, col := range []prometheus.Collector{calls, attempts, m.retries, m.denied, fallbacks, m.trips, m.probes, m.wait, state, inFlight} {
 		if err := reg.Register(col); err != nil {
 			return nil, err
 		}
 	}
+	for o, name := range outcomeNames {
+		m.calls[o] = calls.WithLabelValues(name)
+	}
+	for cls := range numClasses {
+		m.attempts[cls] = attempts.WithLabelValues(class(cls).String())
+	}
+	m.fallbacks = make(map[Reason]prometheus.Counter, len(reasons))
+	for _, r := range reasons {
+		m.fallbacks[r] = fallbacks.WithLabelValues(string(r))
+	}
 	return m, nil
 }
 
-func (m *metrics) call(outcome string) {
-	switch outcome {
-	case "ok":
-		m.n.ok.Add(1)
-	case "fallback":
-		m.n.fallback.Add(1)
-	case "unavailable":
-		m.n.unavailable.Add(1)
-	case "error":
-		m.n.errors.Add(1)
-	case "canceled":
-		m.n.canceled.Add(1)
-	}
-	if m.calls != nil {
-		m.calls.WithLabelValues(outcome).Inc()
+func (m *metrics) call(o outcome) {
+	m.n.calls[o].Add(1)
+	if c := m.calls[o]; c != nil {
+		c.Inc()
 	}
 }
 
 func (m *metrics) attempt(cls class) {
 	m.n.attempts.Add(1)
-	if m.attempts != nil {
-		m.attempts.WithLabelValues(cls.String()).Inc()
+	if c := m.attempts[cls]; c != nil {
+		c.Inc()
 	}
 }
 
@@ -122,8 +142,8 @@ func (m *metrics) retryDenied() {
 }
 
 func (m *metrics) fallback(r Reason) {
-	if m.fallbacks != nil {
-		m.fallbacks.WithLabelValues(string(r)).Inc()
+	if c := m.fallbacks[r]; c != nil {
+		c.Inc()
 	}
 }
 
