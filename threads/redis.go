@@ -48,8 +48,10 @@ const redisIDLen = 2*digestLen + 1 + randomPartLen
 // RedisStore is a Store on Redis (single server, Sentinel or Cluster), shared
 // by every instance of the application that uses the same key prefix. Open,
 // Append, TrackVideo, GetOrCreate, Get, History and Delete each take one
-// round trip (one Lua script run by SHA); ForgetUser takes two or more and
-// Active one pipeline. See the package documentation for the key layout.
+// round trip (one Lua script run by SHA; the first run of a script on a
+// server that has not cached it falls back to EVAL, which caches it);
+// ForgetUser takes two or more and Active one pipeline. See the package
+// documentation for the key layout.
 //
 // A RedisStore holds no state besides its configuration: it is safe for
 // concurrent use, has no goroutines and needs no Close.

@@ -97,3 +97,43 @@ func TestRedisIDLayout(t *testing.T) {
 		t.Fatalf("parseID(%q) = %+v, %q, %v", th.ID, k, rnd, ok)
 	}
 }
+
+// TestRedisIndexesExpireWithTheirLastThread checks that a bucket that gets
+// no more writes keeps nothing: its activity set and the user set expire
+// with the last thread they index, so Active's sorted sets stay bounded
+// even when no later write sweeps them.
+func TestRedisIndexesExpireWithTheirLastThread(t *testing.T) {
+	ctx := context.Background()
+	env := testutil.MiniredisEnv(t)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	st, err := NewRedis(env.Client, Config{Prefix: env.Prefix, TTL: time.Hour, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := st.GetOrCreate(ctx, "u", "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(30 * time.Minute)
+	env.Mini.FastForward(30 * time.Minute)
+	if err := st.Append(ctx, a.ID, Message{Role: RoleUser, Content: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.GetOrCreate(ctx, "u", "c2"); err != nil {
+		t.Fatal(err)
+	}
+	k := st.keys(digest('u', "u"), digest('c', "c1"))
+	for _, key := range k.all() {
+		if !env.Mini.Exists(key) {
+			t.Fatalf("key %q missing while its threads live", key)
+		}
+	}
+	env.Mini.FastForward(time.Hour - time.Millisecond)
+	if n, _ := env.Client.ZCard(ctx, k.active).Result(); n != 2 {
+		t.Fatalf("activity entries a millisecond before expiry = %d; want 2", n)
+	}
+	env.Mini.FastForward(time.Millisecond)
+	if keys := env.Mini.Keys(); len(keys) != 0 {
+		t.Fatalf("keys left after every thread expired: %q", keys)
+	}
+}

@@ -29,8 +29,11 @@ const (
 	DefaultMaxMessages = 50
 	// DefaultPrefix is the default Config.Prefix.
 	DefaultPrefix = "chatscale:"
-	// DefaultMaxThreads is the default Config.MaxThreads.
-	DefaultMaxThreads = 10_000
+	// DefaultMaxThreads is the default Config.MaxThreads. It is sized for
+	// the design target of a few thousand concurrent learners with a thread
+	// per course, plus the threads idle since: see Config.MaxThreads for
+	// what it costs.
+	DefaultMaxThreads = 50_000
 	// DefaultShards is the default Config.Shards.
 	DefaultShards = 32
 	// DefaultSweepInterval is the default Config.SweepInterval.
@@ -205,7 +208,13 @@ type Config struct {
 
 	// MaxThreads bounds the memory store: creating a thread beyond it
 	// evicts the least recently written one. Zero means DefaultMaxThreads
-	// (10,000); negative means unbounded. The Redis store ignores it.
+	// (50,000); negative means unbounded. The Redis store ignores it.
+	//
+	// An idle thread takes about 280 bytes of heap; each kept message adds
+	// its content plus about 46 bytes. 50,000 threads thus hold about 14 MB
+	// when idle, about 300 MB at 10 messages of 500 bytes each, and at most
+	// about 1.4 GB when every thread holds 50 such messages (the default
+	// MaxMessages). Lower MaxThreads or MaxMessages on smaller machines.
 	MaxThreads int
 	// Shards is the number of independently locked parts of the memory
 	// store. Zero means DefaultShards (32). The Redis store ignores it.

@@ -44,7 +44,8 @@ type Harness struct {
 	// Advance moves the store's time forward by d: its clock and whatever
 	// expiry the backend runs by itself (for miniredis, FastForward). Nil
 	// means the store runs on real time: the suite then checks expiry with
-	// TTLs of RealTTL and waits for them to pass, polling with a deadline.
+	// TTLs of RealTTL (doubled on a machine too slow to observe them) and
+	// waits for them to pass, polling with a deadline.
 	Advance func(d time.Duration)
 	// NewPeer returns another Store over the same data as Store, as another
 	// instance of the application with its own connections would have. Nil
@@ -58,7 +59,18 @@ type Harness struct {
 type NewHarness func(t *testing.T, cfg threads.Config) Harness
 
 // RealTTL is the TTL of the expiry tests on backends that run on real time.
+// An attempt whose observations come too late to prove its claim (on a
+// slow or loaded machine) is repeated with twice the TTL, then four times;
+// the test fails if none proves it.
 const RealTTL = 2 * time.Second
+
+// realTimeAttempts is the number of TTLs, doubling from RealTTL, that a
+// real-time expiry test tries.
+const realTimeAttempts = 3
+
+// margin is how long past an expiry a real-time test waits before checking
+// that the thread is gone.
+const margin = 20 * time.Millisecond
 
 // ttl is the TTL of the expiry tests on backends whose time the suite moves.
 const ttl = time.Hour
@@ -115,20 +127,6 @@ func (s suite) env(t *testing.T, cfg threads.Config) *env {
 		t.Fatal("threadstest: the factory returned no Store")
 	}
 	return &env{Harness: h, t: t, ttl: cfg.TTL}
-}
-
-// expiryEnv returns a store for an expiry test: TTL of an hour when the
-// suite moves time, RealTTL otherwise.
-func (s suite) expiryEnv(t *testing.T, cfg threads.Config) *env {
-	t.Helper()
-	cfg.TTL = ttl
-	e := s.env(t, cfg)
-	if e.Advance == nil {
-		cfg.TTL = RealTTL
-		e = s.env(t, cfg)
-		e.ttl = RealTTL
-	}
-	return e
 }
 
 func (e *env) now() time.Time {
@@ -634,12 +632,40 @@ func (s suite) testBadInput(t *testing.T) {
 	}
 }
 
-func (s suite) testExpiry(t *testing.T) {
-	e := s.expiryEnv(t, threads.Config{})
-	if e.Advance == nil {
-		s.expiryRealTime(t, e)
+// expiryTest runs an expiry check. On a backend whose time the suite moves
+// it runs fake once, with a TTL of an hour. On a real-time backend it runs
+// real with TTLs of RealTTL, then twice and four times that: real reports
+// whether the machine was quick enough for its observation to prove the
+// claim, and an attempt that was not is repeated with the next TTL. The
+// test fails when no attempt could prove it; it never skips.
+func (s suite) expiryTest(t *testing.T, fake func(e *env), real func(e *env) (proved bool)) {
+	e := s.env(t, threads.Config{TTL: ttl})
+	if e.Advance != nil {
+		fake(e)
 		return
 	}
+	t.Parallel()
+	d := RealTTL
+	for range realTimeAttempts {
+		if real(s.env(t, threads.Config{TTL: d})) {
+			return
+		}
+		t.Logf("TTL %v: the observation came too late to prove anything; retrying with a longer TTL", d)
+		d *= 2
+	}
+	t.Fatalf("no observation within TTLs of up to %v proved the claim: the store answers too slowly", d/2)
+}
+
+// late reports whether the store's clock has reached from + TTL, after
+// which a thread written at from may have expired.
+func (e *env) late(from time.Time) bool { return !e.now().Before(from.Add(e.ttl)) }
+
+func (s suite) testExpiry(t *testing.T) {
+	s.expiryTest(t, s.expiryFake, s.expiryReal)
+}
+
+func (s suite) expiryFake(e *env) {
+	t := e.t
 	a := e.thread("u", "c")
 	e.append(a.ID, user("old"))
 	other := e.thread("v", "c")
@@ -651,59 +677,67 @@ func (s suite) testExpiry(t *testing.T) {
 	if e.exists(a.ID) || e.exists(other.ID) {
 		t.Fatal("thread outlived its TTL")
 	}
-	_, err := e.Store.History(ctx, a.ID, 0)
+	e.checkExpired(a.ID, "v")
+}
+
+// expiryReal checks on a real clock that a thread lives until its TTL has
+// passed since its last write, and not beyond.
+func (s suite) expiryReal(e *env) bool {
+	t := e.t
+	t0 := e.now()
+	a := e.thread("u", "c")
+	if err := e.Store.Append(ctx, a.ID, user("old")); err != nil {
+		if errors.Is(err, threads.ErrNotFound) && e.late(t0) {
+			return false
+		}
+		t.Fatalf("Append right after GetOrCreate: %v", err)
+	}
+	e.thread("v", "c")
+	t1 := e.now()
+	// Written at t0 or later, the thread lives at least until t0 + TTL.
+	e.waitUntil(t0.Add(e.ttl * 3 / 4))
+	_, err := e.Store.Get(ctx, a.ID)
+	if e.late(t0) {
+		return false
+	}
+	if err != nil {
+		t.Fatalf("Get before the TTL passed: %v", err)
+	}
+	// Written last at t1 or earlier, and only read since, it is gone at
+	// t1 + TTL.
+	e.waitUntil(t1.Add(e.ttl + margin))
+	if e.exists(a.ID) {
+		t.Fatal("thread outlived its TTL (or Get slid it)")
+	}
+	e.checkExpired(a.ID, "v")
+	return true
+}
+
+// checkExpired checks how the store treats the expired thread id and the
+// expired threads of user, once no thread is alive.
+func (e *env) checkExpired(id, user string) {
+	t := e.t
+	_, err := e.Store.History(ctx, id, 0)
 	wantNotFound(t, "History after expiry", err)
-	wantNotFound(t, "Append after expiry", e.Store.Append(ctx, a.ID, user("x")))
-	_, err = e.Store.TrackVideo(ctx, a.ID, "v")
+	wantNotFound(t, "Append after expiry", e.Store.Append(ctx, id, threads.Message{Role: threads.RoleUser, Content: "x"}))
+	_, err = e.Store.TrackVideo(ctx, id, "v")
 	wantNotFound(t, "TrackVideo after expiry", err)
 	if n, err := e.Store.Active(ctx, 10*e.ttl); err != nil || n != 0 {
 		t.Fatalf("Active after expiry = %d, %v; want 0", n, err)
 	}
 	sess, err := e.Store.Open(ctx, threads.OpenRequest{UserID: "u", CourseID: "c"})
-	if err != nil || !sess.Created || sess.Thread.ID == a.ID || len(sess.History) != 0 {
+	if err != nil || !sess.Created || sess.Thread.ID == id || len(sess.History) != 0 {
 		t.Fatalf("Open after expiry = %+v, %v; want a new empty thread", sess, err)
 	}
-	if n, err := e.Store.ForgetUser(ctx, "v"); err != nil || n != 0 {
+	if n, err := e.Store.ForgetUser(ctx, user); err != nil || n != 0 {
 		t.Fatalf("ForgetUser of a user whose threads expired = %d, %v; want 0", n, err)
 	}
 }
 
-// expiryRealTime checks expiry on a real clock: the thread exists until
-// its TTL, reads do not extend it, and it is gone after.
-func (s suite) expiryRealTime(t *testing.T, e *env) {
-	t.Parallel()
-	t0 := e.now()
-	a := e.thread("u", "c")
-	e.append(a.ID, user("old"))
-	t1 := e.now()
-	_, err := e.Store.Get(ctx, a.ID)
-	if e.now().Before(t0.Add(e.ttl)) && err != nil {
-		t.Fatalf("Get before the TTL passed: %v", err)
-	}
-	e.waitUntil(t0.Add(e.ttl / 2))
-	if _, err := e.Store.History(ctx, a.ID, 0); err != nil && e.now().Before(t0.Add(e.ttl)) {
-		t.Fatalf("History before the TTL passed: %v", err)
-	}
-	e.waitUntil(t1.Add(e.ttl + 20*time.Millisecond))
-	if e.exists(a.ID) {
-		t.Fatal("thread outlived its TTL (or a read slid it)")
-	}
-	if n, err := e.Store.Active(ctx, time.Hour); err != nil || n != 0 {
-		t.Fatalf("Active after expiry = %d, %v; want 0", n, err)
-	}
-	sess, err := e.Store.Open(ctx, threads.OpenRequest{UserID: "u", CourseID: "c"})
-	if err != nil || !sess.Created || sess.Thread.ID == a.ID || len(sess.History) != 0 {
-		t.Fatalf("Open after expiry = %+v, %v; want a new empty thread", sess, err)
-	}
-}
-
-func (s suite) testSliding(t *testing.T) {
-	e := s.expiryEnv(t, threads.Config{})
-	if e.Advance == nil {
-		s.slidingRealTime(t, e)
-		return
-	}
-	writes := map[string]func(id string) error{
+// writes are the calls that must slide a thread's TTL, each applied to the
+// thread with the given ID.
+func (e *env) writes() map[string]func(id string) error {
+	return map[string]func(id string) error{
 		"Append": func(id string) error { return e.Store.Append(ctx, id, user("x")) },
 		"TrackVideo": func(id string) error {
 			_, err := e.Store.TrackVideo(ctx, id, "video")
@@ -724,7 +758,15 @@ func (s suite) testSliding(t *testing.T) {
 			return err
 		},
 	}
-	for name, write := range writes {
+}
+
+func (s suite) testSliding(t *testing.T) {
+	s.expiryTest(t, s.slidingFake, s.slidingReal)
+}
+
+func (s suite) slidingFake(e *env) {
+	t := e.t
+	for name, write := range e.writes() {
 		id := e.thread("u", name).ID
 		e.append(id, user("first"))
 		e.Advance(e.ttl - time.Second)
@@ -745,54 +787,113 @@ func (s suite) testSliding(t *testing.T) {
 	}
 }
 
-// slidingRealTime checks on a real clock that an Append keeps the thread
-// past its first expiry. Observations that come too late to prove anything
-// on a slow machine are retried.
-func (s suite) slidingRealTime(t *testing.T, e *env) {
-	t.Parallel()
-	for attempt := range 3 {
-		t0 := e.now()
-		id := e.thread("u", fmt.Sprint("c", attempt)).ID
-		t1 := e.now()
-		e.waitUntil(t0.Add(e.ttl / 2))
-		ta := e.now()
-		e.append(id, user("slide"))
-		ta1 := e.now()
-		e.waitUntil(t1.Add(e.ttl + 20*time.Millisecond))
-		ok := e.exists(id)
-		if e.now().Before(ta.Add(e.ttl)) {
-			if !ok {
-				t.Fatal("Append did not slide the TTL")
+// slidingReal checks on a real clock that every write keeps its thread
+// alive past the thread's first expiry, until TTL after the write.
+func (s suite) slidingReal(e *env) bool {
+	t := e.t
+	writes := e.writes()
+	ids := map[string]string{}
+	t0 := e.now()
+	for name := range writes {
+		id := e.thread("u", name).ID
+		if err := e.Store.Append(ctx, id, user("first")); err != nil {
+			if errors.Is(err, threads.ErrNotFound) && e.late(t0) {
+				return false
 			}
-			e.waitUntil(ta1.Add(e.ttl + 20*time.Millisecond))
-			if e.exists(id) {
-				t.Fatal("thread outlived the TTL slid by Append")
+			t.Fatalf("Append right after GetOrCreate: %v", err)
+		}
+		ids[name] = id
+	}
+	t1 := e.now()
+	e.waitUntil(t0.Add(e.ttl / 2))
+	tw := e.now()
+	for name, write := range writes {
+		if err := write(ids[name]); err != nil {
+			if errors.Is(err, threads.ErrNotFound) && e.late(t0) {
+				return false
 			}
-			return
+			t.Fatalf("%s: %v", name, err)
 		}
 	}
-	t.Skip("the machine was too slow to observe sliding within the TTL three times")
+	tw1 := e.now()
+	// Unless slid, every thread has expired at t1 + TTL; slid at tw or
+	// later, each lives until tw + TTL.
+	e.waitUntil(t1.Add(e.ttl + margin))
+	errs := map[string]error{}
+	hists := map[string][]threads.Message{}
+	for name, id := range ids {
+		hists[name], errs[name] = e.Store.History(ctx, id, 0)
+	}
+	if e.late(tw) {
+		return false
+	}
+	for name, err := range errs {
+		if errors.Is(err, threads.ErrNotFound) {
+			t.Fatalf("%s did not slide the TTL", name)
+		}
+		if err != nil {
+			t.Fatalf("History after %s: %v", name, err)
+		}
+		if h := hists[name]; len(h) == 0 || h[0].Content != "first" {
+			t.Fatalf("%s: history lost its TTL: %q", name, contents(h))
+		}
+	}
+	e.waitUntil(tw1.Add(e.ttl + margin))
+	for name, id := range ids {
+		if e.exists(id) {
+			t.Fatalf("thread outlived the TTL slid by %s", name)
+		}
+	}
+	return true
 }
 
 func (s suite) testReadsDoNotSlide(t *testing.T) {
-	e := s.expiryEnv(t, threads.Config{})
-	if e.Advance == nil {
-		t.Skip("checked by Expiry on real-time backends")
-	}
+	s.expiryTest(t, s.readsFake, s.readsReal)
+}
+
+func (s suite) readsFake(e *env) {
 	id := e.thread("u", "c").ID
 	e.Advance(e.ttl / 2)
 	if _, err := e.Store.Get(ctx, id); err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	e.history(id, 0)
 	e.Advance(e.ttl / 2)
 	if e.exists(id) {
-		t.Fatal("Get or History slid the TTL")
+		e.t.Fatal("Get or History slid the TTL")
 	}
 }
 
+// readsReal checks on a real clock that Get and History, done halfway
+// through the TTL, leave the thread to expire TTL after its last write.
+func (s suite) readsReal(e *env) bool {
+	t := e.t
+	t0 := e.now()
+	id := e.thread("u", "c").ID
+	t1 := e.now()
+	e.waitUntil(t1.Add(e.ttl / 2))
+	tr := e.now()
+	_, err := e.Store.Get(ctx, id)
+	if err == nil {
+		_, err = e.Store.History(ctx, id, 0)
+	}
+	if err != nil {
+		if errors.Is(err, threads.ErrNotFound) && e.late(t0) {
+			return false
+		}
+		t.Fatalf("read before the TTL passed: %v", err)
+	}
+	// Unslid, the thread has expired at t1 + TTL; slid by a read at tr or
+	// later, it would live until tr + TTL.
+	e.waitUntil(t1.Add(e.ttl + margin))
+	if e.exists(id) {
+		t.Fatal("Get or History slid the TTL (or the thread outlived it)")
+	}
+	return !e.late(tr)
+}
+
 func (s suite) testActive(t *testing.T) {
-	e := s.expiryEnv(t, threads.Config{})
+	e := s.env(t, threads.Config{TTL: ttl})
 	active := func(within time.Duration, want int) {
 		t.Helper()
 		if n, err := e.Store.Active(ctx, within); err != nil || n != want {
