@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	mrand "math/rand/v2"
 	"strconv"
 	"sync"
@@ -175,6 +176,9 @@ func (c *Cache) Get(ctx context.Context, courseID, videoURL string) (Result, err
 	if err := checkKey(courseID, videoURL); err != nil {
 		return Result{}, err
 	}
+	if err := ctx.Err(); err != nil {
+		return Result{}, err // no load for a caller that has left
+	}
 	c.st.misses.Add(1)
 	ch := c.flight.DoChan(flightKey(k), func() (any, error) { return c.load(k) })
 	select {
@@ -205,14 +209,11 @@ func (c *Cache) load(k key) (Result, error) {
 		return Result{Document: e.doc, Tier: TierL1}, nil
 	}
 
-	doc, tier, err := c.fetch(k)
+	doc, tier, staleL2, err := c.fetch(k)
 	now := c.nowNano()
 	switch {
 	case err == nil:
-		e := &entry{doc: doc, freshUntil: now + int64(c.cfg.L1TTL), keep: c.cfg.L1TTL}
-		if c.cfg.MaxStale > 0 {
-			e.keep += c.cfg.MaxStale
-		}
+		e := &entry{doc: doc, freshUntil: now + int64(c.cfg.L1TTL), keep: addSat(c.cfg.L1TTL, max(0, c.cfg.MaxStale))}
 		e.weight = weigh(&e.doc)
 		c.store(stripe, epoch, k, e)
 		return Result{Document: doc, Tier: tier}, nil
@@ -233,29 +234,55 @@ func (c *Cache) load(k key) (Result, error) {
 	}
 
 	if c.cfg.MaxStale > 0 {
-		if e, ok := c.l1.GetIfPresent(k); ok && !e.notFound && now < e.freshUntil+int64(c.cfg.MaxStale) {
-			c.st.staleServes.Add(1)
-			c.log.Warn("contextcache: serving a stale transcript", "course", k.course, "video", k.video,
-				"stale_for", time.Duration(now-e.freshUntil), "err", err)
-			return Result{Document: e.doc, Tier: TierL1, Stale: true, LoadErr: err}, nil
+		if e, ok := c.l1.GetIfPresent(k); ok && !e.notFound && now-e.freshUntil < int64(c.cfg.MaxStale) {
+			return c.serveStale(k, e.doc, TierL1, e.freshUntil, now, err), nil
+		}
+		// A copy that expired in L2 serves an instance that never had one,
+		// such as one started during the outage.
+		if staleL2 != "" {
+			fresh, enc, derr := splitFreshness(staleL2)
+			freshUntil := fresh * int64(time.Millisecond)
+			if derr == nil && now-freshUntil < int64(c.cfg.MaxStale) {
+				if d, found, derr := decode(enc, k.course, k.video); derr == nil && found {
+					return c.serveStale(k, d, TierL2, freshUntil, now, err), nil
+				}
+			}
 		}
 	}
 	return Result{}, &LoadError{CourseID: k.course, VideoURL: k.video, Err: err}
 }
 
+// serveStale returns d, whose freshness ended at freshUntil (Unix
+// nanoseconds), as a stale copy served because the Source failed with err.
+func (c *Cache) serveStale(k key, d Document, tier Tier, freshUntil, now int64, err error) Result {
+	c.st.staleServes.Add(1)
+	c.log.Warn("contextcache: serving a stale transcript", "course", k.course, "video", k.video,
+		"tier", tier.String(), "stale_for", time.Duration(now-freshUntil), "err", err)
+	return Result{Document: d, Tier: tier, Stale: true, LoadErr: err}
+}
+
 // store puts e in L1 unless the key's stripe was invalidated since epoch.
+// An invalidation that lands between the check and the write removes e
+// again: drop bumps the epoch before it removes the key, so either its
+// removal comes after the write or the second check sees the new epoch.
 func (c *Cache) store(stripe *atomic.Uint64, epoch uint64, k key, e *entry) {
-	if stripe.Load() == epoch {
-		c.l1.Set(k, e)
+	if stripe.Load() != epoch {
+		return
+	}
+	c.l1.Set(k, e)
+	if stripe.Load() != epoch {
+		c.l1.Invalidate(k)
 	}
 }
 
-// fetch returns the transcript from L2, or loads it from the Source under
-// the cluster lock, or waits for the instance holding the lock.
-func (c *Cache) fetch(k key) (Document, Tier, error) {
+// fetch returns the transcript from a fresh L2 copy, or loads it from the
+// Source under the cluster lock, or waits for the instance holding the
+// lock. stale is the expired L2 value seen on the way, if any, for
+// stale-if-error.
+func (c *Cache) fetch(k key) (d Document, tier Tier, stale string, err error) {
 	if c.rdb == nil {
 		d, err := c.loadSource(k)
-		return d, TierSource, err
+		return d, TierSource, "", err
 	}
 	vk, lk := c.redisKeys(k)
 	token := newToken()
@@ -264,37 +291,54 @@ func (c *Cache) fetch(k key) (Document, Tier, error) {
 	waiting := false
 	poll := minPoll
 	for {
-		res, err := getOrLock.Run(c.base, c.rdb, []string{vk, lk}, token, lockTTL).Result()
+		nowMs := c.nowNano() / int64(time.Millisecond)
+		res, err := getOrLock.Run(c.base, c.rdb, []string{vk, lk}, token, lockTTL, nowMs).Result()
 		if err != nil {
 			if c.base.Err() != nil {
-				return Document{}, 0, ErrClosed
+				return Document{}, 0, "", ErrClosed
 			}
 			c.redisFailed("read L2", err)
 			d, err := c.loadSource(k) // no L2 write while Redis fails
-			return d, TierSource, err
+			return d, TierSource, "", err
 		}
+		locked := false
 		switch v := res.(type) {
-		case string:
-			d, found, err := decode(v, k.course, k.video)
+		case string: // a fresh copy
+			_, enc, err := splitFreshness(v)
+			var found bool
+			if err == nil {
+				d, found, err = decode(enc, k.course, k.video)
+			}
 			if err != nil {
 				c.st.corruptL2.Add(1)
 				c.log.Warn("contextcache: unreadable L2 value", "key", vk)
-				return c.loadAndFill(k, vk, lk, token)
+				d, tier, err := c.loadAndFill(k, vk, lk, token)
+				return d, tier, "", err
 			}
 			c.st.l2Hits.Add(1)
 			if !found {
 				c.st.negativeHits.Add(1)
-				return Document{}, TierL2, ErrNotFound
+				return Document{}, TierL2, "", ErrNotFound
 			}
-			return d, TierL2, nil
-		case int64:
-			if v == 1 {
-				return c.loadAndFill(k, vk, lk, token)
+			return d, TierL2, "", nil
+		case []any: // no fresh copy: {expired copy or nil, lock taken}
+			if len(v) != 2 {
+				c.redisFailed("read L2", fmt.Errorf("unexpected reply of %d elements", len(v)))
+				d, err := c.loadSource(k)
+				return d, TierSource, "", err
 			}
+			if s, ok := v[0].(string); ok {
+				stale = s
+			}
+			locked = v[1] == int64(1)
 		default:
 			c.redisFailed("read L2", fmt.Errorf("unexpected reply %T", res))
 			d, err := c.loadSource(k)
-			return d, TierSource, err
+			return d, TierSource, "", err
+		}
+		if locked {
+			d, tier, err := c.loadAndFill(k, vk, lk, token)
+			return d, tier, stale, err
 		}
 		// Another instance holds the lock: poll until it fills L2 or the
 		// wait runs out.
@@ -306,32 +350,40 @@ func (c *Cache) fetch(k key) (Document, Tier, error) {
 		}
 		if c.cfg.LockWait <= 0 || now >= deadline {
 			c.st.lockTimeouts.Add(1)
-			return c.loadAndFill(k, vk, lk, token)
+			d, tier, err := c.loadAndFill(k, vk, lk, token)
+			return d, tier, stale, err
 		}
 		if err := c.sleep(c.base, min(poll, time.Duration(deadline-now))); err != nil {
-			return Document{}, 0, ErrClosed
+			return Document{}, 0, "", ErrClosed
 		}
 		poll = min(2*poll, maxPoll)
 	}
 }
 
 // loadAndFill loads from the Source, then writes L2 and releases the lock
-// (if token holds it) in one script.
+// (if token holds it) in one script. A transcript stays in L2 for its
+// freshness (L2TTL plus jitter) and then MaxStale longer, for
+// stale-if-error; a not-found marker for NegativeTTL.
 func (c *Cache) loadAndFill(k key, vk, lk, token string) (Document, Tier, error) {
 	d, err := c.loadSource(k)
+	now := c.nowNano()
 	var (
-		val []byte
-		ttl time.Duration
+		val        []byte
+		fresh, ttl time.Duration
 	)
 	switch {
 	case err == nil:
-		val, ttl = encodeDocument(&d, c.cfg.CompressAbove), c.l2TTL()
+		fresh = c.l2TTL()
+		ttl = addSat(fresh, max(0, c.cfg.MaxStale))
+		val = encodeDocument(&d, c.cfg.CompressAbove)
 	case errors.Is(err, ErrNotFound) && c.cfg.NegativeTTL > 0:
-		val, ttl = encodeNotFound(k.course, k.video), c.cfg.NegativeTTL
+		fresh, ttl = c.cfg.NegativeTTL, c.cfg.NegativeTTL
+		val = encodeNotFound(k.course, k.video)
 	}
 	var ms int64
 	if ttl > 0 {
 		ms = millis(ttl)
+		val = withFreshness((now+int64(fresh))/int64(time.Millisecond), val)
 	}
 	// The lock is released even when Close is under way.
 	if ferr := fill.Run(context.WithoutCancel(c.base), c.rdb, []string{vk, lk}, token, val, ms).Err(); ferr != nil {
@@ -607,6 +659,15 @@ func weigh(d *Document) uint32 {
 }
 
 func millis(d time.Duration) int64 { return max(1, d.Milliseconds()) }
+
+// addSat returns a+b for non-negative a and b, or the longest Duration
+// when the sum overflows.
+func addSat(a, b time.Duration) time.Duration {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
 
 func newToken() string {
 	var b [16]byte

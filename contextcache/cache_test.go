@@ -22,10 +22,11 @@ import (
 // slow, shared machine cannot make a waiter give up and load itself.
 func stampedeConfig(env *testutil.RedisEnv) contextcache.Config {
 	return contextcache.Config{
-		Redis:    env.NewClient(),
-		Prefix:   env.Prefix,
-		LockTTL:  time.Minute,
-		LockWait: 30 * time.Second,
+		Redis:       env.NewClient(),
+		Prefix:      env.Prefix,
+		LockTTL:     time.Minute,
+		LockWait:    30 * time.Second,
+		LoadTimeout: time.Minute,
 	}
 }
 
@@ -246,7 +247,7 @@ func TestNegativeCachingSharedThroughL2(t *testing.T) {
 }
 
 func TestStaleIfErrorWhenMongoStops(t *testing.T) {
-	f := newFixture(t, contextcache.MongoConfig{})
+	f := newStoppableFixture(t, contextcache.MongoConfig{})
 	course := f.insert(t, bson.NewObjectID(), "v", "Cached title", "text")
 	clk := newClock()
 	c := newCache(t, f.src, contextcache.Config{Now: clk.Now})
@@ -278,6 +279,50 @@ func TestStaleIfErrorWhenMongoStops(t *testing.T) {
 
 	// Past MaxStale the copy is no longer served.
 	clk.Advance(contextcache.DefaultMaxStale)
+	if _, err := c.Get(ctx, course, "v"); !errors.Is(err, contextcache.ErrUnavailable) {
+		t.Fatalf("Get past MaxStale: %v; want ErrUnavailable", err)
+	}
+}
+
+func TestStaleIfErrorFromL2OnANewInstance(t *testing.T) {
+	env := testutil.Redis(t)
+	f := newStoppableFixture(t, contextcache.MongoConfig{})
+	course := f.insert(t, bson.NewObjectID(), "v", "Cached title", "text")
+	clk := newClock()
+	cfg := contextcache.Config{Redis: env.Client, Prefix: env.Prefix, Now: clk.Now, L2Jitter: -1}
+	a := newCache(t, f.src, cfg)
+	ctx := testCtx(t)
+
+	if r, err := a.Get(ctx, course, "v"); err != nil || r.Tier != contextcache.TierSource {
+		t.Fatalf("first Get: %v from %v, %v", r.Document.Title, r.Tier, err)
+	}
+	value, lock := contextcache.RedisKeys(a, course, "v")
+	// Redis keeps the copy past its freshness, for stale-if-error.
+	if ttl := env.Client.PTTL(ctx, value).Val(); ttl <= contextcache.DefaultL2TTL {
+		t.Fatalf("L2 copy lives %v in Redis; want more than L2TTL (%v)", ttl, contextcache.DefaultL2TTL)
+	}
+	f.env.Stop()
+	clk.Advance(contextcache.DefaultL2TTL + time.Minute) // no longer fresh, in L1 or L2
+
+	// An instance started during the outage has nothing in L1.
+	b := newCache(t, f.src, cfg)
+	r, err := b.Get(ctx, course, "v")
+	if err != nil {
+		t.Fatalf("Get on a new instance with MongoDB stopped: %v; want the stale L2 copy", err)
+	}
+	if !r.Stale || r.Tier != contextcache.TierL2 || r.Document.Title != "Cached title" || r.LoadErr == nil {
+		t.Fatalf("Get on a new instance with MongoDB stopped = %+v; want the stale L2 copy with the load error", r)
+	}
+	if s := b.Stats(); s.StaleServes != 1 || s.LoadErrors != 1 || s.L2Hits != 0 {
+		t.Fatalf("b.Stats() = %+v; want 1 stale serve, 1 load error, no L2 hit", s)
+	}
+	if n := env.Client.Exists(ctx, lock).Val(); n != 0 {
+		t.Fatalf("the load lock is still held after the failed load")
+	}
+
+	// Past MaxStale the copy is no longer served, even while Redis has it.
+	clk.Advance(contextcache.DefaultMaxStale)
+	c := newCache(t, f.src, cfg)
 	if _, err := c.Get(ctx, course, "v"); !errors.Is(err, contextcache.ErrUnavailable) {
 		t.Fatalf("Get past MaxStale: %v; want ErrUnavailable", err)
 	}
@@ -486,10 +531,31 @@ func TestCallerContextEndsWaitNotSharedLoad(t *testing.T) {
 		}
 	})}
 	c := newCache(t, src, contextcache.Config{})
-	ctx, cancel := context.WithCancel(testCtx(t))
-	cancel()
-	if _, err := c.Get(ctx, "c", "v"); !errors.Is(err, context.Canceled) {
+
+	// A caller that has already left starts no load.
+	gone, cancelGone := context.WithCancel(testCtx(t))
+	cancelGone()
+	if _, err := c.Get(gone, "c", "v"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Get with a canceled context: %v; want context.Canceled", err)
+	}
+	if s := c.Stats(); s.Misses != 0 || s.Loads != 0 {
+		t.Fatalf("Stats() after a Get with a canceled context = %+v; want no miss and no load", s)
+	}
+
+	// A caller that leaves while the load runs gets its context's error;
+	// the load goes on for the others.
+	ctx, cancel := context.WithCancel(testCtx(t))
+	got := make(chan error, 1)
+	go func() {
+		_, err := c.Get(ctx, "c", "v")
+		got <- err
+	}()
+	if !eventually(10*time.Second, func() bool { return src.n.Load() == 1 }) {
+		t.Fatal("the load did not start")
+	}
+	cancel()
+	if err := <-got; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Get whose context ended during the load: %v; want context.Canceled", err)
 	}
 	close(release)
 	r, err := c.Get(testCtx(t), "c", "v")

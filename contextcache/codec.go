@@ -6,13 +6,16 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 	"unsafe"
 )
 
-// The L2 value format. Byte 0 is the format version, byte 1 the kind,
+// The encoded transcript of an L2 value (after the freshness prefix, see
+// withFreshness). Byte 0 is the format version, byte 1 the kind,
 // byte 2 the flags; the body follows. With flagDeflate set, the body is the
 // length of the plain body (uvarint) and the plain body deflated. The plain
 // body of a document is course, video, title, text (each a uvarint length
@@ -214,4 +217,33 @@ func (r *reader) string() string {
 	s := r.s[r.off : r.off+int(n)]
 	r.off += int(n)
 	return s
+}
+
+// freshLen is the length of the prefix of an L2 value that says until when
+// it is fresh: a Unix millisecond in zero-padded decimal, which
+// get_or_lock.lua reads with tonumber.
+const freshLen = 16
+
+// withFreshness returns enc prefixed with freshUntil (Unix milliseconds).
+func withFreshness(freshUntil int64, enc []byte) []byte {
+	b := make([]byte, freshLen, freshLen+len(enc))
+	ms := strconv.AppendInt(nil, min(max(0, freshUntil), 1e16-1), 10)
+	for i := range freshLen - len(ms) {
+		b[i] = '0'
+	}
+	copy(b[freshLen-len(ms):], ms)
+	return append(b, enc...)
+}
+
+// splitFreshness returns the freshness (Unix milliseconds) and the encoded
+// transcript of an L2 value.
+func splitFreshness(v string) (freshUntil int64, enc string, err error) {
+	if len(v) < freshLen {
+		return 0, "", errCorrupt
+	}
+	freshUntil, perr := strconv.ParseInt(v[:freshLen], 10, 64)
+	if perr != nil || freshUntil < 0 || freshUntil > math.MaxInt64/int64(time.Millisecond) {
+		return 0, "", errCorrupt
+	}
+	return freshUntil, v[freshLen:], nil
 }

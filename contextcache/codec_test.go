@@ -1,6 +1,7 @@
 package contextcache
 
 import (
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -119,5 +120,26 @@ func TestRedisKeysShareHashTagAndDifferPerVideo(t *testing.T) {
 	y, _ := c.redisKeys(key{"a", "bc"})
 	if x == y {
 		t.Fatal(`("ab","c") and ("a","bc") share a key`)
+	}
+}
+
+func TestFreshnessPrefix(t *testing.T) {
+	for _, ms := range []int64{0, 1, 1_772_000_000_123, math.MaxInt64 / int64(time.Millisecond)} {
+		v := withFreshness(ms, []byte("body"))
+		if len(v) != freshLen+4 {
+			t.Fatalf("withFreshness(%d) = %q; want %d digits and the body", ms, v, freshLen)
+		}
+		got, enc, err := splitFreshness(string(v))
+		if err != nil || got != ms || enc != "body" {
+			t.Fatalf("splitFreshness(withFreshness(%d)) = %d, %q, %v", ms, got, enc, err)
+		}
+	}
+	if v := withFreshness(-5, nil); string(v) != "0000000000000000" {
+		t.Fatalf("withFreshness(-5) = %q; want zeros", v)
+	}
+	for _, v := range []string{"", "123", "00000000000000x0body", "9999999999999999body", "-000000000000001body"} {
+		if _, _, err := splitFreshness(v); err != errCorrupt {
+			t.Errorf("splitFreshness(%q) = %v; want errCorrupt", v, err)
+		}
 	}
 }

@@ -32,8 +32,9 @@ type Config struct {
 	// Prefix starts every Redis key and the invalidation channel.
 	// Default: "contextcache:" (empty).
 	Prefix string
-	// L2TTL is how long a copy stays in Redis. Default: 1 hour (zero).
-	// Negative is an error.
+	// L2TTL is how long a copy in Redis is fresh; Redis keeps it MaxStale
+	// longer for stale-if-error. Default: 1 hour (zero). Negative is an
+	// error.
 	L2TTL time.Duration
 	// L2Jitter is the upper bound of a random duration added to each L2TTL,
 	// so that copies written together do not expire together.
@@ -61,9 +62,11 @@ type Config struct {
 	// remembered, in L1 and in L2. Default: 1 minute (zero). Negative
 	// disables negative caching.
 	NegativeTTL time.Duration
-	// MaxStale is how long after its freshness ended an L1 copy may still
-	// be served when the Source fails (stale-if-error). Such copies stay in
-	// L1 until then, within L1MaxBytes. Default: 24 hours (zero). Negative
+	// MaxStale is how long after its freshness ended a copy may still be
+	// served when the Source fails (stale-if-error). Such copies stay in
+	// L1 until then, within L1MaxBytes, and in Redis (so Redis holds every
+	// transcript read in the last L2TTL+MaxStale; size its memory, or its
+	// eviction policy, for that). Default: 24 hours (zero). Negative
 	// disables stale-if-error.
 	MaxStale time.Duration
 

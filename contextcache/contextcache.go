@@ -8,7 +8,7 @@
 //  1. L1, in process: a byte-bounded W-TinyLFU cache (otter). A fresh copy
 //     is returned without I/O or allocation.
 //  2. L2, in Redis (optional): a compact, possibly compressed copy shared by
-//     every instance, kept for an hour plus jitter.
+//     every instance, fresh for an hour plus jitter.
 //  3. The [Source] (for example [MongoSource]).
 //
 // Concurrent misses for one transcript share one load in a process
@@ -20,10 +20,12 @@
 // cluster as long as the load ends within the lock's wait.
 //
 // A Source that answers [ErrNotFound] is remembered for a minute in L1 and
-// L2 (negative caching). When the Source fails otherwise, an L1 copy whose
+// L2 (negative caching). When the Source fails otherwise, a copy whose
 // freshness ended less than a configured age ago (24 h by default) is
-// served with [Result.Stale] set (stale-if-error); without one the error is
-// a [*LoadError]. [Cache.Invalidate] deletes the L2 copy and tells every
+// served with [Result.Stale] set (stale-if-error): this instance's L1 copy,
+// or else the L2 copy, which Redis keeps that much longer than its
+// freshness, so that an instance started during a MongoDB outage can serve
+// it too. Without such a copy the error is a [*LoadError]. [Cache.Invalidate] deletes the L2 copy and tells every
 // instance, through Redis pub/sub, to drop its L1 copy; an instance that
 // misses the message converges when its L1 copy's TTL ends.
 //
@@ -217,7 +219,8 @@ type Result struct {
 	// Tier is where Document came from.
 	Tier Tier
 	// Stale is set when the Source failed and Document is an expired copy
-	// served instead (stale-if-error).
+	// served instead (stale-if-error); Tier then says whether the copy came
+	// from L1 or L2.
 	Stale bool
 	// LoadErr is the Source's error when Stale is set, else nil.
 	LoadErr error

@@ -5,8 +5,10 @@
 -- KEYS[1] value key
 -- KEYS[2] lock key (same hash tag as KEYS[1])
 -- ARGV[1] lock token of the caller
--- ARGV[2] value
--- ARGV[3] value lifetime, milliseconds; 0 writes no value (release only)
+-- ARGV[2] value: 16 decimal digits (the Unix millisecond until which it is
+--         fresh), then the encoded transcript
+-- ARGV[3] value lifetime in Redis, milliseconds (freshness plus the stale
+--         window); 0 writes no value (release only)
 --
 -- Returns 1 when the lock was the caller's and was released, else 0.
 local ttl = tonumber(ARGV[3])

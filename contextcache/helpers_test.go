@@ -66,7 +66,28 @@ type fixture struct {
 	lastFind bson.Raw
 }
 
+// Server selection (which also bounds the wait for a pooled connection)
+// gives up after fixtureSelection, so that a slow shared machine running
+// many concurrent loads against the embedded server does not fail them;
+// tests that stop the server use newStoppableFixture instead.
+const fixtureSelection = 30 * time.Second
+
 func newFixture(t testing.TB, cfg contextcache.MongoConfig) *fixture {
+	t.Helper()
+	if cfg.Timeout == 0 {
+		cfg.Timeout = fixtureSelection
+	}
+	return newFixtureSelecting(t, cfg, fixtureSelection)
+}
+
+// newStoppableFixture is a fixture whose queries fail within about 2 s
+// once the server is stopped.
+func newStoppableFixture(t testing.TB, cfg contextcache.MongoConfig) *fixture {
+	t.Helper()
+	return newFixtureSelecting(t, cfg, 2*time.Second)
+}
+
+func newFixtureSelecting(t testing.TB, cfg contextcache.MongoConfig, selection time.Duration) *fixture {
 	t.Helper()
 	f := &fixture{env: testutil.Mongo(t)}
 	mon := &event.CommandMonitor{Started: func(_ context.Context, e *event.CommandStartedEvent) {
@@ -79,7 +100,7 @@ func newFixture(t testing.TB, cfg contextcache.MongoConfig) *fixture {
 	}}
 	client, err := mongo.Connect(options.Client().ApplyURI(f.env.URI).
 		SetMonitor(mon).
-		SetServerSelectionTimeout(2 * time.Second))
+		SetServerSelectionTimeout(selection))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -110,11 +110,21 @@ func (e *MongoEnv) NewClient() *mongo.Client {
 // Stop shuts the server down and returns once it has: the listener is
 // closed and every connection is gone, so later calls through any client
 // fail. FerretDB gives connected clients up to 3 s to leave before it
-// closes their connections, so Stop may take that long. Stop is idempotent
-// and also runs at cleanup.
+// closes their connections, so Stop may take that long; a server still
+// running after stopTimeout fails the test instead of hanging it. Stop is
+// idempotent and also runs at cleanup.
 func (e *MongoEnv) Stop() {
 	e.stopped.Do(func() {
 		e.cancel()
-		<-e.done
+		t := time.NewTimer(stopTimeout)
+		defer t.Stop()
+		select {
+		case <-e.done:
+		case <-t.C:
+			e.t.Errorf("testutil: FerretDB at %s still runs %v after Stop", e.URI, stopTimeout)
+		}
 	})
 }
+
+// stopTimeout bounds Stop: FerretDB's own grace period is 3 s.
+const stopTimeout = 30 * time.Second
