@@ -19,59 +19,56 @@
 --   reset     microseconds until bucket i is full again;
 --   wait_i    microseconds bucket i alone needs before its cost fits.
 --
--- The time comes from Redis TIME, so every instance shares one clock.
+-- The time comes from Redis TIME, so every instance shares one clock;
+-- writing after TIME needs effects replication, the default since Redis 5.
 -- Keys expire when their bucket is full again (a missing key is a full
 -- bucket), so idle budgets take no memory.
 
-redis.replicate_commands()
-
+local ceil, floor = math.ceil, math.floor
 local EPOCH = 1700000000 -- seconds; keeps the microsecond values exact in doubles
 local t = redis.call('TIME')
-local now = (tonumber(t[1]) - EPOCH) * 1000000 + tonumber(t[2])
+local now = (t[1] - EPOCH) * 1000000 + t[2]
 local maxwait = tonumber(ARGV[1])
-
 local n = #KEYS
-local tats, intervals, offsets, costs, waits = {}, {}, {}, {}, {}
-local tact = now -- when the spend takes effect
+
+local tats = {}
+local tact = now
 for i = 1, n do
-  local base = 2 + 3 * (i - 1)
-  intervals[i] = tonumber(ARGV[base])
-  offsets[i] = tonumber(ARGV[base + 1])
-  costs[i] = tonumber(ARGV[base + 2])
-  local v = redis.call('GET', KEYS[i])
-  local tat = now
-  if v then
-    tat = tonumber(v)
-    if tat < now then tat = now end
-  end
+  local b = 3 * i - 1
+  local tat = tonumber(redis.call('GET', KEYS[i])) or now
+  if tat < now then tat = now end
   tats[i] = tat
-  local allowat = tat + costs[i] * intervals[i] - offsets[i]
-  waits[i] = math.max(0, allowat - now)
-  if allowat > tact then tact = allowat end
+  local at = tat + ARGV[b + 2] * ARGV[b] - ARGV[b + 1]
+  if at > tact then tact = at end
 end
 
 local wait = tact - now
 local allowed = 1
 if maxwait >= 0 and wait > maxwait then allowed = 0 end
 
-local out = {allowed, math.ceil(wait)}
+local out = {allowed, ceil(wait)}
 for i = 1, n do
+  local b = 3 * i - 1
+  local iv, off, cost = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
   local tat = tats[i]
+  local wi = tat + cost * iv - off - now
+  if wi < 0 then wi = 0 end
   if allowed == 1 then
-    local from = tat
-    if maxwait >= 0 and tact > from then from = tact end
-    tat = from + costs[i] * intervals[i]
+    if maxwait >= 0 and tact > tat then tat = tact end
+    tat = tat + cost * iv
     if tat <= now then
       redis.call('DEL', KEYS[i])
       tat = now
     else
-      redis.call('SET', KEYS[i], string.format('%.17g', tat), 'PX', math.ceil((tat - now) / 1000))
+      -- %.17g round-trips the double; tostring would print 15 digits
+      -- in exponent form and lose precision.
+      redis.call('SET', KEYS[i], string.format('%.17g', tat), 'PX', ceil((tat - now) / 1000))
     end
   end
-  local remaining = math.floor((now - tat + offsets[i]) / intervals[i])
+  local remaining = floor((now - tat + off) / iv)
   if remaining < 0 then remaining = 0 end
-  out[#out + 1] = remaining
-  out[#out + 1] = math.ceil(tat - now)
-  out[#out + 1] = math.ceil(waits[i])
+  out[3 * i] = remaining
+  out[3 * i + 1] = ceil(tat - now)
+  out[3 * i + 2] = ceil(wi)
 end
 return out
