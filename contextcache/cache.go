@@ -58,7 +58,10 @@ type Cache struct {
 	// sleep waits between polls of L2; tests replace it.
 	sleep func(ctx context.Context, d time.Duration) error
 
-	l1     *otter.Cache[key, *entry]
+	l1 *otter.Cache[key, *entry]
+	// fails holds the last Source failure of each recently failed key,
+	// for RetrySourceAfter; nil when that is disabled.
+	fails  *otter.Cache[key, *failure]
 	flight singleflight.Group
 	// epochs counts invalidations per stripe of keys. A load stores its
 	// result in L1 only if its stripe saw no invalidation while it ran.
@@ -92,11 +95,20 @@ type entry struct {
 	weight     uint32
 }
 
+// failure is a Source failure remembered for RetrySourceAfter.
+type failure struct {
+	err   error
+	until int64 // Unix nanoseconds: the Source is not called again before
+}
+
+// maxFailures bounds how many keys' failures a Cache remembers.
+const maxFailures = 10_000
+
 type counters struct {
-	l1Hits, l2Hits, negativeHits, misses            atomic.Uint64
-	loads, loadErrors, notFound, staleServes        atomic.Uint64
-	lockWaits, lockTimeouts, redisErrors            atomic.Uint64
-	invalidations, invalidationsReceived, corruptL2 atomic.Uint64
+	l1Hits, l2Hits, negativeHits, misses              atomic.Uint64
+	loads, loadErrors, notFound, staleServes          atomic.Uint64
+	lockWaits, lockTimeouts, redisErrors, sourceSkips atomic.Uint64
+	invalidations, invalidationsReceived, corruptL2   atomic.Uint64
 }
 
 // New returns a Cache in front of src. It returns an error for impossible
@@ -137,11 +149,25 @@ func New(src Source, cfg Config) (*Cache, error) {
 		c.cancel()
 		return nil, fmt.Errorf("contextcache: L1: %w", err)
 	}
+	if cfg.RetrySourceAfter > 0 {
+		c.fails, err = otter.New(&otter.Options[key, *failure]{
+			MaximumSize:      maxFailures,
+			ExpiryCalculator: otter.ExpiryWriting[key, *failure](cfg.RetrySourceAfter),
+			Clock:            otterClock{now: cfg.Now},
+			Executor:         func(fn func()) { fn() },
+			Logger:           otterLogger{c.log},
+		})
+		if err != nil {
+			c.cancel()
+			c.l1.StopAllGoroutines()
+			return nil, fmt.Errorf("contextcache: failure memory: %w", err)
+		}
+	}
 	if cfg.Registerer != nil {
 		c.collector = newCollector(c)
 		if err := cfg.Registerer.Register(c.collector); err != nil {
 			c.cancel()
-			c.l1.StopAllGoroutines()
+			c.stopL1()
 			return nil, fmt.Errorf("contextcache: registering metrics: %w", err)
 		}
 	}
@@ -157,7 +183,8 @@ func New(src Source, cfg Config) (*Cache, error) {
 // transcript (remembered for NegativeTTL), a *KeyError for IDs that cannot
 // name one, and a *LoadError when the Source failed and no copy is at
 // hand; when an expired copy is at hand it is returned with Stale set
-// instead. When ctx ends first, Get returns ctx.Err() and the shared load
+// instead. For RetrySourceAfter after such a failure, misses of the same
+// transcript get that answer without calling the Source. When ctx ends first, Get returns ctx.Err() and the shared load
 // goes on for the other callers. After Close, misses return ErrClosed.
 // Get is safe for concurrent use.
 func (c *Cache) Get(ctx context.Context, courseID, videoURL string) (Result, error) {
@@ -208,16 +235,23 @@ func (c *Cache) load(k key) (Result, error) {
 		}
 		return Result{Document: e.doc, Tier: TierL1}, nil
 	}
+	// The Source failed for k a moment ago: answer from what is at hand.
+	if f := c.recentFailure(k); f != nil {
+		c.st.sourceSkips.Add(1)
+		return c.fallback(stripe, epoch, k, c.nowNano(), "", f.err)
+	}
 
 	doc, tier, staleL2, err := c.fetch(k)
 	now := c.nowNano()
 	switch {
 	case err == nil:
+		c.clearFailure(k)
 		e := &entry{doc: doc, freshUntil: now + int64(c.cfg.L1TTL), keep: addSat(c.cfg.L1TTL, max(0, c.cfg.MaxStale))}
 		e.weight = weigh(&e.doc)
 		c.store(stripe, epoch, k, e)
 		return Result{Document: doc, Tier: tier}, nil
 	case errors.Is(err, ErrNotFound):
+		c.clearFailure(k)
 		if c.cfg.NegativeTTL > 0 {
 			c.store(stripe, epoch, k, &entry{
 				notFound:   true,
@@ -232,24 +266,58 @@ func (c *Cache) load(k key) (Result, error) {
 	case c.base.Err() != nil:
 		return Result{}, ErrClosed
 	}
+	if c.fails != nil {
+		c.fails.Set(k, &failure{err: err, until: now + int64(c.cfg.RetrySourceAfter)})
+	}
+	return c.fallback(stripe, epoch, k, now, staleL2, err)
+}
 
+// fallback answers a miss of k that the Source could not serve because of
+// err: with a stale copy from L1, else with staleL2 (the expired L2 value
+// seen by the load, if any), else with a *LoadError.
+func (c *Cache) fallback(stripe *atomic.Uint64, epoch uint64, k key, now int64, staleL2 string, err error) (Result, error) {
 	if c.cfg.MaxStale > 0 {
 		if e, ok := c.l1.GetIfPresent(k); ok && !e.notFound && now-e.freshUntil < int64(c.cfg.MaxStale) {
 			return c.serveStale(k, e.doc, TierL1, e.freshUntil, now, err), nil
 		}
 		// A copy that expired in L2 serves an instance that never had one,
-		// such as one started during the outage.
+		// such as one started during the outage. It is kept in L1, expired,
+		// for the rest of its stale window, so that the next misses find it
+		// there.
 		if staleL2 != "" {
 			fresh, enc, derr := splitFreshness(staleL2)
 			freshUntil := fresh * int64(time.Millisecond)
 			if derr == nil && now-freshUntil < int64(c.cfg.MaxStale) {
 				if d, found, derr := decode(enc, k.course, k.video); derr == nil && found {
+					keep := c.cfg.MaxStale - time.Duration(max(0, now-freshUntil))
+					e := &entry{doc: d, freshUntil: freshUntil, keep: keep}
+					e.weight = weigh(&e.doc)
+					c.store(stripe, epoch, k, e)
 					return c.serveStale(k, d, TierL2, freshUntil, now, err), nil
 				}
 			}
 		}
 	}
 	return Result{}, &LoadError{CourseID: k.course, VideoURL: k.video, Err: err}
+}
+
+// recentFailure returns the Source failure of k that is less than
+// RetrySourceAfter old, or nil.
+func (c *Cache) recentFailure(k key) *failure {
+	if c.fails == nil {
+		return nil
+	}
+	if f, ok := c.fails.GetIfPresent(k); ok && c.nowNano() < f.until {
+		return f
+	}
+	return nil
+}
+
+// clearFailure forgets the Source failure of k, if any.
+func (c *Cache) clearFailure(k key) {
+	if c.fails != nil {
+		c.fails.Invalidate(k)
+	}
 }
 
 // serveStale returns d, whose freshness ended at freshUntil (Unix
@@ -453,6 +521,7 @@ func (c *Cache) drop(k key) {
 	c.epochs[maphash.Comparable(c.seed, k)%uint64(len(c.epochs))].Add(1)
 	c.flight.Forget(flightKey(k))
 	c.l1.Invalidate(k)
+	c.clearFailure(k)
 }
 
 // Start subscribes this instance to the invalidation messages of the other
@@ -523,11 +592,19 @@ func (c *Cache) Close() error {
 	c.startMu.Unlock()
 	c.cancel()
 	c.wg.Wait()
-	c.l1.StopAllGoroutines()
+	c.stopL1()
 	if c.collector != nil {
 		c.cfg.Registerer.Unregister(c.collector)
 	}
 	return nil
+}
+
+// stopL1 stops the in-process caches' goroutines, if any.
+func (c *Cache) stopL1() {
+	c.l1.StopAllGoroutines()
+	if c.fails != nil {
+		c.fails.StopAllGoroutines()
+	}
 }
 
 // enter registers a running load unless the Cache is closed.
@@ -556,6 +633,10 @@ type Stats struct {
 	Loads, LoadErrors, NotFound uint64
 	// StaleServes counts stale copies served because the Source failed.
 	StaleServes uint64
+	// SourceSkips counts loads answered without calling the Source because
+	// it failed for the same transcript less than RetrySourceAfter ago
+	// (with a stale copy, also counted in StaleServes, or a *LoadError).
+	SourceSkips uint64
 	// LockWaits counts loads that waited for another instance's lock;
 	// LockTimeouts those that stopped waiting and loaded themselves.
 	LockWaits, LockTimeouts uint64
@@ -581,6 +662,7 @@ func (c *Cache) Stats() Stats {
 		LoadErrors:            c.st.loadErrors.Load(),
 		NotFound:              c.st.notFound.Load(),
 		StaleServes:           c.st.staleServes.Load(),
+		SourceSkips:           c.st.sourceSkips.Load(),
 		LockWaits:             c.st.lockWaits.Load(),
 		LockTimeouts:          c.st.lockTimeouts.Load(),
 		RedisErrors:           c.st.redisErrors.Load(),

@@ -328,6 +328,170 @@ func TestStaleIfErrorFromL2OnANewInstance(t *testing.T) {
 	}
 }
 
+func TestRetrySourceAfterFailureWhenMongoStops(t *testing.T) {
+	f := newStoppableFixture(t, contextcache.MongoConfig{})
+	course := f.insert(t, bson.NewObjectID(), "v", "Cached title", "text")
+	src := &counting{src: f.src}
+	clk := newClock()
+	c := newCache(t, src, contextcache.Config{Now: clk.Now})
+	ctx := testCtx(t)
+
+	if r, err := c.Get(ctx, course, "v"); err != nil || r.Stale {
+		t.Fatalf("first Get: %+v, %v", r, err)
+	}
+	f.env.Stop()
+	clk.Advance(contextcache.DefaultL1TTL + time.Minute) // the copy is no longer fresh
+
+	wantStale := func(what string, calls int64) error {
+		t.Helper()
+		r, err := c.Get(ctx, course, "v")
+		if err != nil || !r.Stale || r.Tier != contextcache.TierL1 || r.Document.Title != "Cached title" || r.LoadErr == nil {
+			t.Fatalf("%s: %+v, %v; want the stale L1 copy with the load error", what, r, err)
+		}
+		if n := src.n.Load(); n != calls {
+			t.Fatalf("%s: Source.Load called %d times in all; want %d", what, n, calls)
+		}
+		return r.LoadErr
+	}
+	first := wantStale("Get with MongoDB stopped", 2)
+	// Within RetrySourceAfter the Source is not called again.
+	clk.Advance(contextcache.DefaultRetrySourceAfter - time.Millisecond)
+	if again := wantStale("second Get within RetrySourceAfter", 2); again != first {
+		t.Fatalf("second Get's LoadErr = %v; want the last Source error %v", again, first)
+	}
+	if s := c.Stats(); s.SourceSkips != 1 || s.StaleServes != 2 || s.LoadErrors != 1 || s.Loads != 2 {
+		t.Fatalf("Stats() = %+v; want 1 source skip, 2 stale serves, 1 load error, 2 loads", s)
+	}
+	// Past RetrySourceAfter the Source is tried again.
+	clk.Advance(time.Millisecond)
+	wantStale("Get past RetrySourceAfter", 3)
+	if s := c.Stats(); s.SourceSkips != 1 || s.LoadErrors != 2 {
+		t.Fatalf("Stats() = %+v; want 1 source skip, 2 load errors", s)
+	}
+
+	// Without a copy: a *LoadError, and within RetrySourceAfter the same
+	// error without calling the Source.
+	wantLoadError := func(what string, calls int64) *contextcache.LoadError {
+		t.Helper()
+		_, err := c.Get(ctx, course, "never-loaded")
+		var le *contextcache.LoadError
+		if !errors.Is(err, contextcache.ErrUnavailable) || !errors.As(err, &le) || le.VideoURL != "never-loaded" || le.Err == nil {
+			t.Fatalf("%s: %v; want a *LoadError", what, err)
+		}
+		if n := src.n.Load(); n != calls {
+			t.Fatalf("%s: Source.Load called %d times in all; want %d", what, n, calls)
+		}
+		return le
+	}
+	le := wantLoadError("Get of an uncached video", 4)
+	if again := wantLoadError("second Get of an uncached video", 4); again.Err != le.Err {
+		t.Fatalf("second LoadError wraps %v; want the last Source error %v", again.Err, le.Err)
+	}
+	if s := c.Stats(); s.SourceSkips != 2 || s.StaleServes != 3 {
+		t.Fatalf("Stats() = %+v; want 2 source skips, 3 stale serves", s)
+	}
+	clk.Advance(contextcache.DefaultRetrySourceAfter)
+	wantLoadError("Get of an uncached video past RetrySourceAfter", 5)
+}
+
+func TestRetrySourceAfterServesStaleL2CopyWithoutSource(t *testing.T) {
+	env := testutil.Redis(t)
+	f := newStoppableFixture(t, contextcache.MongoConfig{})
+	course := f.insert(t, bson.NewObjectID(), "v", "Cached title", "text")
+	src := &counting{src: f.src}
+	clk := newClock()
+	cfg := contextcache.Config{Redis: env.Client, Prefix: env.Prefix, Now: clk.Now, L2Jitter: -1}
+	a := newCache(t, src, cfg)
+	ctx := testCtx(t)
+
+	if _, err := a.Get(ctx, course, "v"); err != nil {
+		t.Fatalf("first Get: %v", err)
+	}
+	f.env.Stop()
+	clk.Advance(contextcache.DefaultL2TTL + time.Minute) // no longer fresh, in L1 or L2
+
+	// An instance started during the outage has nothing in L1.
+	b := newCache(t, src, cfg)
+	r, err := b.Get(ctx, course, "v")
+	if err != nil || !r.Stale || r.Tier != contextcache.TierL2 || r.Document.Title != "Cached title" || r.LoadErr == nil {
+		t.Fatalf("Get on a new instance with MongoDB stopped = %+v, %v; want the stale L2 copy", r, err)
+	}
+	if n := src.n.Load(); n != 2 {
+		t.Fatalf("Source.Load called %d times; want 2", n)
+	}
+	r2, err := b.Get(ctx, course, "v")
+	if err != nil || !r2.Stale || r2.Document.Title != "Cached title" || r2.LoadErr != r.LoadErr {
+		t.Fatalf("second Get within RetrySourceAfter = %+v, %v; want the stale copy with the last load error", r2, err)
+	}
+	if n := src.n.Load(); n != 2 {
+		t.Fatalf("Source.Load called %d times after the second Get; want still 2", n)
+	}
+	if s := b.Stats(); s.SourceSkips != 1 || s.StaleServes != 2 || s.LoadErrors != 1 {
+		t.Fatalf("b.Stats() = %+v; want 1 source skip, 2 stale serves, 1 load error", s)
+	}
+}
+
+func TestRetrySourceAfterEndsOnInvalidateAndCanBeDisabled(t *testing.T) {
+	boom := errors.New("boom")
+	var fail atomic.Bool
+	fail.Store(true)
+	src := &counting{src: contextcache.SourceFunc(func(context.Context, string, string) (contextcache.Document, error) {
+		if fail.Load() {
+			return contextcache.Document{}, boom
+		}
+		return contextcache.Document{Title: "ok"}, nil
+	})}
+	clk := newClock()
+	reg := prometheus.NewRegistry()
+	c := newCache(t, src, contextcache.Config{Now: clk.Now, Registerer: reg})
+	ctx := testCtx(t)
+	for i, want := range []int64{1, 1} {
+		if _, err := c.Get(ctx, "c", "v"); !errors.Is(err, boom) {
+			t.Fatalf("Get #%d: %v; want the Source's error", i, err)
+		}
+		if n := src.n.Load(); n != want {
+			t.Fatalf("Get #%d: Source.Load called %d times; want %d", i, n, want)
+		}
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	skips := -1.0
+	for _, mf := range mfs {
+		if mf.GetName() == "contextcache_source_skips_total" {
+			skips = mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	if skips != 1 {
+		t.Fatalf("contextcache_source_skips_total = %v; want 1", skips)
+	}
+	// An invalidation says the data changed: the next miss asks the Source.
+	fail.Store(false)
+	if err := c.Invalidate(ctx, "c", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.Get(ctx, "c", "v"); err != nil || r.Document.Title != "ok" || src.n.Load() != 2 {
+		t.Fatalf("Get after Invalidate: %+v, %v, %d Source calls; want a load from the Source", r, err, src.n.Load())
+	}
+
+	// Negative RetrySourceAfter: every miss calls the Source.
+	fail.Store(true)
+	src.n.Store(0)
+	d := newCache(t, src, contextcache.Config{Now: clk.Now, RetrySourceAfter: -1})
+	for i := range 3 {
+		if _, err := d.Get(ctx, "c", "v"); !errors.Is(err, boom) {
+			t.Fatalf("Get #%d: %v; want the Source's error", i, err)
+		}
+	}
+	if n := src.n.Load(); n != 3 {
+		t.Fatalf("Source.Load called %d times with RetrySourceAfter < 0; want 3", n)
+	}
+	if s := d.Stats(); s.SourceSkips != 0 {
+		t.Fatalf("d.Stats().SourceSkips = %d; want 0", s.SourceSkips)
+	}
+}
+
 func TestInvalidationReachesAnotherInstance(t *testing.T) {
 	env := testutil.Redis(t)
 	f := newFixture(t, contextcache.MongoConfig{})
@@ -508,13 +672,15 @@ func TestSourceErrorsAreTypedAndNotCached(t *testing.T) {
 		}
 		return contextcache.Document{Title: "ok"}, nil
 	})}
-	c := newCache(t, src, contextcache.Config{})
+	clk := newClock()
+	c := newCache(t, src, contextcache.Config{Now: clk.Now})
 	ctx := testCtx(t)
 	_, err := c.Get(ctx, "c", "v")
 	if !errors.Is(err, contextcache.ErrUnavailable) || !errors.Is(err, boom) {
 		t.Fatalf("Get: %v; want ErrUnavailable wrapping the Source's error", err)
 	}
 	fail.Store(false)
+	clk.Advance(contextcache.DefaultRetrySourceAfter) // the failure is not retried before
 	if r, err := c.Get(ctx, "c", "v"); err != nil || r.Document.Title != "ok" || r.Tier != contextcache.TierSource {
 		t.Fatalf("Get after the Source recovered: %+v, %v", r, err)
 	}

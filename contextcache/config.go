@@ -69,6 +69,18 @@ type Config struct {
 	// eviction policy, for that). Default: 24 hours (zero). Negative
 	// disables stale-if-error.
 	MaxStale time.Duration
+	// RetrySourceAfter is how long after a Source failure for a transcript
+	// (not ErrNotFound, not an invalid key) this instance calls the Source
+	// again for it. Until then a miss of that transcript is answered at
+	// once, without calling the Source: by the stale copy as after the
+	// failure (Result.LoadErr is the last error), or by a *LoadError when
+	// there is none. During that time a copy that another instance writes
+	// to L2 is not read either. A successful load or an invalidation ends
+	// it early. The failures of at most 10 000 transcripts are
+	// remembered; the others call the Source again at their next miss.
+	// Default: 5 s (zero). Negative disables it: every miss calls the
+	// Source.
+	RetrySourceAfter time.Duration
 
 	// Now returns the current time. Nil means time.Now.
 	Now func() time.Time
@@ -93,6 +105,8 @@ const (
 	DefaultLoadTimeout   = 10 * time.Second
 	DefaultNegativeTTL   = time.Minute
 	DefaultMaxStale      = 24 * time.Hour
+
+	DefaultRetrySourceAfter = 5 * time.Second
 )
 
 func (c Config) withDefaults() (Config, error) {
@@ -111,6 +125,7 @@ func (c Config) withDefaults() (Config, error) {
 	set(&c.LoadTimeout, DefaultLoadTimeout)
 	set(&c.NegativeTTL, DefaultNegativeTTL)
 	set(&c.MaxStale, DefaultMaxStale)
+	set(&c.RetrySourceAfter, DefaultRetrySourceAfter)
 	set(&c.L2Jitter, c.L2TTL/10)
 	if c.L1MaxBytes == 0 {
 		c.L1MaxBytes = DefaultL1MaxBytes

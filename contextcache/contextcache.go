@@ -25,9 +25,15 @@
 // served with [Result.Stale] set (stale-if-error): this instance's L1 copy,
 // or else the L2 copy, which Redis keeps that much longer than its
 // freshness, so that an instance started during a MongoDB outage can serve
-// it too. Without such a copy the error is a [*LoadError]. [Cache.Invalidate] deletes the L2 copy and tells every
-// instance, through Redis pub/sub, to drop its L1 copy; an instance that
-// misses the message converges when its L1 copy's TTL ends.
+// it too. Without such a copy the error is a [*LoadError]. For a few
+// seconds after such a failure (Config.RetrySourceAfter), misses of that
+// transcript get the same kind of answer at once without calling the
+// Source, so that during a MongoDB outage turns neither wait for the
+// driver's timeout one after another nor retry the Source all together.
+//
+// [Cache.Invalidate] deletes the L2 copy and tells every instance, through
+// Redis pub/sub, to drop its L1 copy; an instance that misses the message
+// converges when its L1 copy's TTL ends.
 //
 // Lifecycle: New (no goroutine), Start to receive other instances'
 // invalidations (with Redis), Close to stop the subscriber and the running

@@ -40,6 +40,8 @@ func newCollector(c *Cache) *collector {
 			func(s Stats) uint64 { return s.NotFound }),
 		counter("stale_served_total", "Stale copies served because the Source failed.", nil,
 			func(s Stats) uint64 { return s.StaleServes }),
+		counter("source_skips_total", "Loads answered without the Source because it failed for the same key moments ago.", nil,
+			func(s Stats) uint64 { return s.SourceSkips }),
 		counter("lock_waits_total", "Loads that waited for another instance's lock.", nil,
 			func(s Stats) uint64 { return s.LockWaits }),
 		counter("lock_timeouts_total", "Waits for another instance's load that ran out.", nil,
