@@ -64,6 +64,8 @@ type UnavailableError struct {
 	Err error
 }
 
+// Error describes the failure: the reason, the last status, the attempts,
+// the retry delay and the underlying error, when known.
 func (e *UnavailableError) Error() string {
 	s := fmt.Sprintf("chat: upstream unavailable (%s", e.Reason)
 	if e.StatusCode != 0 {
