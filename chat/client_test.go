@@ -6,8 +6,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
-
 	"testing"
 	"time"
 
@@ -18,26 +16,9 @@ import (
 	"github.com/chatscale/chatscale/ratelimit"
 )
 
-// clock is a manual clock for Config.Now.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-// newClock starts at the real time, so that ctx deadlines compare with it.
-func newClock() *clock { return &clock{t: time.Now()} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+// newClock returns a manual clock for Config.Now. It starts at the real
+// time, so that ctx deadlines compare with it.
+func newClock() *testutil.Clock { return testutil.NewClock(time.Now()) }
 
 func request(msg string) openai.ChatCompletionRequest {
 	return openai.ChatCompletionRequest{
@@ -202,7 +183,7 @@ func TestBreakerOpensFallsBackAndRecovers(t *testing.T) {
 
 	// Half-open after OpenFor: one probe, which succeeds and closes it.
 	fake.Always(nil)
-	clk.Add(10*time.Second + time.Millisecond)
+	clk.Advance(10*time.Second + time.Millisecond)
 	resp, err := c.CreateChatCompletion(ctx, request("probe"))
 	if err != nil || IsDegraded(resp) {
 		t.Fatalf("probe: err %v, degraded %v", err, IsDegraded(resp))
@@ -225,7 +206,7 @@ func TestFailedProbeReopens(t *testing.T) {
 	for range 2 {
 		_, _ = c.CreateChatCompletion(ctx, request("x"))
 	}
-	clk.Add(time.Second + time.Millisecond)
+	clk.Advance(time.Second + time.Millisecond)
 	resp, _ := c.CreateChatCompletion(ctx, request("probe"))
 	if DegradedReason(resp.Header()) != ReasonRetriesSpent || fake.Requests() != 3 {
 		t.Fatalf("probe: reason %q, upstream %d", DegradedReason(resp.Header()), fake.Requests())
@@ -604,7 +585,7 @@ func TestAdaptivePauseFromHeaders(t *testing.T) {
 	if a.Stats().Pauses != 1 {
 		t.Fatalf("remaining-requests 0 did not pause: %+v", a.Stats())
 	}
-	clk.Add(time.Second) // past the cache refresh
+	clk.Advance(time.Second) // past the cache refresh
 	for _, c := range []*Client{a, b} {
 		_, err := c.CreateChatCompletion(ctx, request("paused"))
 		var u *UnavailableError

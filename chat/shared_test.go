@@ -47,7 +47,7 @@ func TestSharedTripThroughRedis(t *testing.T) {
 	upstream := fake.Requests() // 1 + 3
 
 	// b opens without seeing a failure itself, once its cache refreshes.
-	clk.Add(150 * time.Millisecond)
+	clk.Advance(150 * time.Millisecond)
 	for range 5 {
 		resp, err := b.CreateChatCompletion(ctx, request("b while open"))
 		if err != nil || DegradedReason(resp.Header()) != ReasonBreakerOpen {
@@ -62,7 +62,7 @@ func TestSharedTripThroughRedis(t *testing.T) {
 	// every other call meanwhile must fall back.
 	fake.Always(nil)
 	fake.Script(testutil.FakeStep{Hang: true})
-	clk.Add(5 * time.Second)
+	clk.Advance(5 * time.Second)
 	probeCtx, cancelProbe := context.WithCancel(ctx)
 	probeDone := make(chan error, 1)
 	go func() {
@@ -101,12 +101,12 @@ func TestSharedTripThroughRedis(t *testing.T) {
 		t.Fatalf("probe: %v", err)
 	}
 	// The next probe (here from b) succeeds and closes it for both.
-	clk.Add(150 * time.Millisecond)
+	clk.Advance(150 * time.Millisecond)
 	resp, err := b.CreateChatCompletion(ctx, request("probe 2"))
 	if err != nil || IsDegraded(resp) || b.Stats().Probes != 1 {
 		t.Fatalf("second probe: err %v, degraded %v, %+v", err, IsDegraded(resp), b.Stats())
 	}
-	clk.Add(150 * time.Millisecond)
+	clk.Advance(150 * time.Millisecond)
 	resp, err = a.CreateChatCompletion(ctx, request("a after close"))
 	if err != nil || IsDegraded(resp) || a.Stats().Breaker != "closed" {
 		t.Fatalf("a after close: err %v, degraded %v, %+v", err, IsDegraded(resp), a.Stats())

@@ -11,34 +11,19 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/chatscale/chatscale/internal/testutil"
 )
 
-// fakeClock is a clock tests move by hand. It starts at the wall time of
-// its creation so that ctx deadlines derived from it are in the future.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock { return &fakeClock{t: time.Now()} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+// newClock returns a clock tests move by hand. It starts at the wall time
+// of its creation so that ctx deadlines derived from it are in the future.
+func newClock() *testutil.Clock { return testutil.NewClock(time.Now()) }
 
 // sleeps records the waits asked of a sleep hook and advances the clock
 // by them instead of sleeping.
 type sleeps struct {
 	mu    sync.Mutex
-	clock *fakeClock
+	clock *testutil.Clock
 	got   []time.Duration
 	err   error // returned instead of sleeping when set
 }

@@ -9,10 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatscale/chatscale/internal/testutil"
 	"github.com/chatscale/chatscale/ratelimit"
 )
 
-func newLocal(t *testing.T, l ratelimit.Limit, clk *fakeClock) *ratelimit.Local {
+func newLocal(t *testing.T, l ratelimit.Limit, clk *testutil.Clock) *ratelimit.Local {
 	t.Helper()
 	lim, err := ratelimit.NewLocal(l, ratelimit.Config{Now: clk.Now})
 	if err != nil {

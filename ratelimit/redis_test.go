@@ -196,7 +196,7 @@ func TestRedisAdjust(t *testing.T) {
 
 // outageEnv is a Redis limiter on miniredis with a fake clock for probes
 // and a captured log.
-func outageEnv(t *testing.T, cfg ratelimit.Config) (*testutil.RedisEnv, *ratelimit.Redis, *fakeClock, *logBuffer) {
+func outageEnv(t *testing.T, cfg ratelimit.Config) (*testutil.RedisEnv, *ratelimit.Redis, *testutil.Clock, *logBuffer) {
 	env := testutil.MiniredisEnv(t)
 	// One dial attempt and no retries, so that a stopped server fails
 	// each call at once (go-redis defaults to 5 dial attempts 100ms apart).
