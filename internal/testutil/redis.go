@@ -25,6 +25,9 @@ const (
 	// EnvRedisCluster names the seed nodes of a Redis Cluster,
 	// e.g. 127.0.0.1:30001,127.0.0.1:30002,127.0.0.1:30003.
 	EnvRedisCluster = "CHATSCALE_REDIS_CLUSTER"
+	// EnvRedisSentinel names a master and its Sentinels as
+	// MASTER@HOST:PORT[,HOST:PORT...], e.g. chatscale@127.0.0.1:30013.
+	EnvRedisSentinel = "CHATSCALE_REDIS_SENTINEL"
 )
 
 // Backend says which kind of Redis a test runs against.
@@ -35,6 +38,7 @@ const (
 	Miniredis Backend = "miniredis"
 	Server    Backend = "server"
 	Cluster   Backend = "cluster"
+	Sentinel  Backend = "sentinel"
 )
 
 // RedisEnv is one test's view of Redis.
@@ -56,13 +60,16 @@ type RedisEnv struct {
 }
 
 type redisOpts struct {
-	url     *redis.Options
-	cluster []string
+	url       *redis.Options
+	cluster   []string
+	master    string
+	sentinels []string
 }
 
-// Redis returns a Redis for the test: miniredis by default, the server at
-// $CHATSCALE_REDIS_URL or the cluster at $CHATSCALE_REDIS_CLUSTER when set
-// (the cluster wins when both are). At cleanup it deletes the keys under
+// Redis returns a Redis for the test: miniredis by default, the cluster at
+// $CHATSCALE_REDIS_CLUSTER, the Sentinel-managed master at
+// $CHATSCALE_REDIS_SENTINEL or the server at $CHATSCALE_REDIS_URL when set
+// (in that order of precedence). At cleanup it deletes the keys under
 // the test's prefix and closes its clients; it never flushes a database.
 func Redis(t testing.TB) *RedisEnv {
 	t.Helper()
@@ -70,11 +77,15 @@ func Redis(t testing.TB) *RedisEnv {
 	switch {
 	case os.Getenv(EnvRedisCluster) != "":
 		env.Backend = Cluster
-		for _, a := range strings.Split(os.Getenv(EnvRedisCluster), ",") {
-			if a = strings.TrimSpace(a); a != "" {
-				env.opts.cluster = append(env.opts.cluster, a)
-			}
+		env.opts.cluster = splitAddrs(os.Getenv(EnvRedisCluster))
+	case os.Getenv(EnvRedisSentinel) != "":
+		env.Backend = Sentinel
+		master, addrs, ok := strings.Cut(os.Getenv(EnvRedisSentinel), "@")
+		if !ok || master == "" || addrs == "" {
+			t.Fatalf("testutil: %s=%q: want MASTER@HOST:PORT[,HOST:PORT...]", EnvRedisSentinel, os.Getenv(EnvRedisSentinel))
 		}
+		env.opts.master = master
+		env.opts.sentinels = splitAddrs(addrs)
 	case os.Getenv(EnvRedisURL) != "":
 		env.Backend = Server
 		o, err := redis.ParseURL(os.Getenv(EnvRedisURL))
@@ -111,6 +122,11 @@ func (e *RedisEnv) NewClient() redis.UniversalClient {
 	switch e.Backend {
 	case Cluster:
 		c = redis.NewClusterClient(&redis.ClusterOptions{Addrs: e.opts.cluster})
+	case Sentinel:
+		c = redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName:    e.opts.master,
+			SentinelAddrs: e.opts.sentinels,
+		})
 	case Server:
 		o := *e.opts.url
 		c = redis.NewClient(&o)
@@ -162,6 +178,16 @@ func (e *RedisEnv) cleanup() {
 			e.t.Logf("testutil: deleting %q: %v", k, err)
 		}
 	}
+}
+
+func splitAddrs(list string) []string {
+	var addrs []string
+	for _, a := range strings.Split(list, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
 }
 
 func uniquePrefix(t testing.TB) string {
