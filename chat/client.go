@@ -59,7 +59,8 @@ type Config struct {
 	// TokenKey is the key of the token budget. Empty means "openai:tokens".
 	TokenKey string
 	// DefaultMaxTokens is the reply size reserved for a request that sets
-	// neither MaxCompletionTokens nor MaxTokens. Zero means 1024.
+	// neither MaxCompletionTokens nor MaxTokens. Zero means 1024; negative
+	// is an error.
 	DefaultMaxTokens int
 	// EstimatePromptTokens estimates a request's prompt tokens. Nil means
 	// one token per 4 bytes of content plus 4 per message.
@@ -73,41 +74,44 @@ type Config struct {
 	BulkheadWait time.Duration
 
 	// AttemptTimeout bounds one upstream attempt (for a stream: until
-	// its first byte). Zero means 30 s.
+	// its first byte). Zero means 30 s; negative is an error.
 	AttemptTimeout time.Duration
 	// MaxAttempts is the number of attempts per call, the first included.
-	// Zero means 3; 1 means no retries.
+	// Zero means 3; 1 means no retries; negative is an error.
 	MaxAttempts int
 	// BaseDelay and MaxDelay shape the full-jitter exponential backoff:
 	// the n-th retry waits a random time in [0, min(MaxDelay,
 	// BaseDelay·2^(n-1))], added on top of the upstream's Retry-After
 	// when it sent one. A Retry-After longer than MaxDelay ends the
-	// retries. Zero means 250 ms and 20 s.
+	// retries. Zero means 250 ms and 20 s; negative is an error.
 	BaseDelay, MaxDelay time.Duration
 	// RetryRatio is the share of first attempts that may be retried over
 	// RetryWindow; only first attempts that reached the upstream count
 	// (calls refused by the breaker, the budget or the bulkhead do not).
-	// Zero means 0.2; negative means no retry budget.
+	// Zero means 0.2; negative disables the retry budget (retries are
+	// then bounded by MaxAttempts only).
 	RetryRatio float64
 	// RetryFloor is the number of retries per second allowed on top of
 	// RetryRatio, so that low traffic can still retry. Zero means 1;
 	// negative means none.
 	RetryFloor float64
-	// RetryWindow is the retry budget's sliding window. Zero means 10 s.
+	// RetryWindow is the retry budget's sliding window. Zero means 10 s;
+	// negative is an error.
 	RetryWindow time.Duration
 
 	// BreakerRatio is the failure ratio that trips the breaker. Zero
-	// means 0.5.
+	// means 0.5; a value outside [0, 1] is an error.
 	BreakerRatio float64
 	// BreakerMinRequests is the number of counted attempts within
 	// BreakerWindow before the ratio is considered. Zero means 10;
 	// negative means the breaker never trips.
 	BreakerMinRequests int
 	// BreakerWindow is the rolling window of the breaker's counts. Zero
-	// means 10 s.
+	// means 10 s; negative is an error.
 	BreakerWindow time.Duration
 	// OpenFor is how long a tripped breaker stays open before one
-	// half-open probe. Zero means 60 s.
+	// half-open probe. Zero means 60 s; negative or under 1 ms is an
+	// error.
 	OpenFor time.Duration
 
 	// Redis, when set, shares breaker trips and adaptive pauses between
@@ -117,13 +121,14 @@ type Config struct {
 	// KeyPrefix prefixes the Redis keys. Empty means "chatscale:chat".
 	KeyPrefix string
 	// Name names the upstream: the breaker, the Redis hash tag and the
-	// metrics' "client" label. Empty means "openai".
+	// metrics' "client" label. Empty means "openai". It must not contain
+	// '{' or '}'.
 	Name string
 	// RefreshEvery is how often the shared state is read from Redis.
-	// Zero means 100 ms.
+	// Zero means 100 ms; negative is an error.
 	RefreshEvery time.Duration
 	// RedisTimeout bounds each Redis call of the breaker. Zero means
-	// 500 ms.
+	// 500 ms; negative is an error.
 	RedisTimeout time.Duration
 
 	// LowRemainingRequests and LowRemainingTokens: when the upstream's
@@ -132,7 +137,8 @@ type Config struct {
 	// matching x-ratelimit-reset-* time. Zero means pause only when
 	// nothing remains; negative disables.
 	LowRemainingRequests, LowRemainingTokens int
-	// MaxPause caps one adaptive pause. Zero means 60 s.
+	// MaxPause caps one adaptive pause. Zero means 60 s; negative is an
+	// error.
 	MaxPause time.Duration
 
 	// FallbackText is the reply while the upstream cannot be used. Empty

@@ -111,11 +111,12 @@ type counters struct {
 	invalidations, invalidationsReceived, corruptL2   atomic.Uint64
 }
 
-// New returns a Cache in front of src. It returns an error for impossible
-// Config values or when the Registerer refuses the collector.
+// New returns a Cache in front of src. It returns an error wrapping
+// ErrInvalidConfig for a nil src or impossible Config values, and the
+// Registerer's error when it refuses the collector.
 func New(src Source, cfg Config) (*Cache, error) {
 	if src == nil {
-		return nil, errors.New("contextcache: nil Source")
+		return nil, fmt.Errorf("%w: nil Source", ErrInvalidConfig)
 	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -184,8 +185,9 @@ func New(src Source, cfg Config) (*Cache, error) {
 // name one, and a *LoadError when the Source failed and no copy is at
 // hand; when an expired copy is at hand it is returned with Stale set
 // instead. For RetrySourceAfter after such a failure, misses of the same
-// transcript get that answer without calling the Source. When ctx ends first, Get returns ctx.Err() and the shared load
-// goes on for the other callers. After Close, misses return ErrClosed.
+// transcript get that answer without calling the Source. When ctx ends
+// first, Get returns ctx.Err() and the shared load goes on for the other
+// callers. After Close, misses return ErrClosed.
 // Get is safe for concurrent use.
 func (c *Cache) Get(ctx context.Context, courseID, videoURL string) (Result, error) {
 	k := key{course: courseID, video: videoURL}

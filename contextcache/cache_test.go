@@ -854,12 +854,12 @@ func TestNewRejectsImpossibleConfig(t *testing.T) {
 	src := contextcache.SourceFunc(func(context.Context, string, string) (contextcache.Document, error) {
 		return contextcache.Document{}, nil
 	})
-	if _, err := contextcache.New(nil, contextcache.Config{}); err == nil {
-		t.Error("New(nil Source) succeeded")
+	if _, err := contextcache.New(nil, contextcache.Config{}); !errors.Is(err, contextcache.ErrInvalidConfig) {
+		t.Errorf("New(nil Source) = %v; want ErrInvalidConfig", err)
 	}
-	for _, cfg := range []contextcache.Config{{L1TTL: -1}, {L1MaxBytes: -1}, {L2TTL: -1}, {LockTTL: -1}} {
-		if _, err := contextcache.New(src, cfg); err == nil {
-			t.Errorf("New(%+v) succeeded; want an error", cfg)
+	for _, cfg := range []contextcache.Config{{L1TTL: -1}, {L1MaxBytes: -1}, {L2TTL: -1}, {LockTTL: -1}, {Prefix: "app:{x}:"}} {
+		if _, err := contextcache.New(src, cfg); !errors.Is(err, contextcache.ErrInvalidConfig) {
+			t.Errorf("New(%+v) = %v; want ErrInvalidConfig", cfg, err)
 		}
 	}
 }

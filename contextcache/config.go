@@ -1,8 +1,9 @@
 package contextcache
 
 import (
-	"errors"
+	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,7 +31,8 @@ type Config struct {
 	// WriteTimeout).
 	Redis redis.UniversalClient
 	// Prefix starts every Redis key and the invalidation channel.
-	// Default: "contextcache:" (empty).
+	// Default: "contextcache:" (empty). It must not contain '{' or '}':
+	// each transcript's keys carry their own hash tag.
 	Prefix string
 	// L2TTL is how long a copy in Redis is fresh; Redis keeps it MaxStale
 	// longer for stale-if-error. Default: 1 hour (zero). Negative is an
@@ -111,7 +113,10 @@ const (
 
 func (c Config) withDefaults() (Config, error) {
 	if c.L1TTL < 0 || c.L1MaxBytes < 0 || c.L2TTL < 0 || c.LockTTL < 0 {
-		return c, errors.New("contextcache: negative L1TTL, L1MaxBytes, L2TTL or LockTTL")
+		return c, fmt.Errorf("%w: negative L1TTL, L1MaxBytes, L2TTL or LockTTL", ErrInvalidConfig)
+	}
+	if strings.ContainsAny(c.Prefix, "{}") {
+		return c, fmt.Errorf("%w: Prefix contains a hash-tag brace", ErrInvalidConfig)
 	}
 	set := func(v *time.Duration, d time.Duration) {
 		if *v == 0 {

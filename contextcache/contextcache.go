@@ -113,6 +113,9 @@ var (
 	ErrRedis = errors.New("contextcache: redis")
 	// ErrClosed means the Cache was closed.
 	ErrClosed = errors.New("contextcache: cache closed")
+	// ErrInvalidConfig is wrapped by the errors New and NewMongo return
+	// for impossible arguments or Config values.
+	ErrInvalidConfig = errors.New("contextcache: invalid config")
 )
 
 // KeyError reports a course ID or video URL that cannot name a transcript.
@@ -138,6 +141,7 @@ func (e *KeyError) Is(target error) bool { return target == ErrInvalidKey }
 // instead. It matches ErrUnavailable with errors.Is and unwraps to the
 // Source's error.
 type LoadError struct {
+	// CourseID and VideoURL name the transcript that could not be served.
 	CourseID, VideoURL string
 	// Err is the Source's error.
 	Err error

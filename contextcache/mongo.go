@@ -65,11 +65,11 @@ type MongoSource struct {
 }
 
 // NewMongo returns a MongoSource reading coll. It does not take ownership
-// of coll's client; callers disconnect it. It returns an error for
-// impossible Config values.
+// of coll's client; callers disconnect it. It returns an error wrapping
+// ErrInvalidConfig for a nil coll or impossible Config values.
 func NewMongo(coll *mongo.Collection, cfg MongoConfig) (*MongoSource, error) {
 	if coll == nil {
-		return nil, errors.New("contextcache: nil collection")
+		return nil, fmt.Errorf("%w: nil collection", ErrInvalidConfig)
 	}
 	def := func(v *string, d string) {
 		if *v == "" {
@@ -92,10 +92,10 @@ func NewMongo(coll *mongo.Collection, cfg MongoConfig) (*MongoSource, error) {
 		cfg.Timeout = 5 * time.Second
 	}
 	if cfg.SegmentUnit < 0 {
-		return nil, errors.New("contextcache: negative SegmentUnit")
+		return nil, fmt.Errorf("%w: negative SegmentUnit", ErrInvalidConfig)
 	}
 	if cfg.CourseID > CourseIDString {
-		return nil, fmt.Errorf("contextcache: unknown CourseIDKind %d", cfg.CourseID)
+		return nil, fmt.Errorf("%w: unknown CourseIDKind %d", ErrInvalidConfig, cfg.CourseID)
 	}
 	s := &MongoSource{coll: coll, cfg: cfg}
 	s.projection = bson.D{{Key: "_id", Value: 0}}

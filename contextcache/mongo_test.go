@@ -9,6 +9,7 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/chatscale/chatscale/contextcache"
 )
@@ -216,5 +217,23 @@ func TestClientOptionsWorkWithTheServer(t *testing.T) {
 	}
 	if d, err := src.Load(testCtx(t), course, "v"); err != nil || d.Title != "T" {
 		t.Fatalf("Load through ClientOptions' client: %+v, %v", d, err)
+	}
+}
+
+func TestNewMongoRejectsImpossibleConfig(t *testing.T) {
+	if _, err := contextcache.NewMongo(nil, contextcache.MongoConfig{}); !errors.Is(err, contextcache.ErrInvalidConfig) {
+		t.Errorf("NewMongo(nil collection) = %v; want ErrInvalidConfig", err)
+	}
+	// Connect does no I/O: the collection is never used.
+	client, err := mongo.Connect(options.Client().ApplyURI("mongodb://127.0.0.1:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
+	coll := client.Database("db").Collection("transcripts")
+	for _, cfg := range []contextcache.MongoConfig{{SegmentUnit: -time.Second}, {CourseID: contextcache.CourseIDString + 1}} {
+		if _, err := contextcache.NewMongo(coll, cfg); !errors.Is(err, contextcache.ErrInvalidConfig) {
+			t.Errorf("NewMongo(%+v) = %v; want ErrInvalidConfig", cfg, err)
+		}
 	}
 }

@@ -158,7 +158,8 @@ type LimitedError struct {
 	RetryAfter time.Duration
 }
 
-// Error returns "ratelimit: limit exceeded for <key>, retry after <d>".
+// Error returns "ratelimit: limit exceeded for "<key>", retry after <d>",
+// with the key quoted.
 func (e *LimitedError) Error() string {
 	return fmt.Sprintf("ratelimit: limit exceeded for %q, retry after %s", e.Key, e.RetryAfter)
 }

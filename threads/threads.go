@@ -217,7 +217,8 @@ type Config struct {
 	// MaxMessages). Lower MaxThreads or MaxMessages on smaller machines.
 	MaxThreads int
 	// Shards is the number of independently locked parts of the memory
-	// store. Zero means DefaultShards (32). The Redis store ignores it.
+	// store. Zero means DefaultShards (32); negative is an error
+	// (NewMemory returns an *InvalidError). The Redis store ignores it.
 	Shards int
 	// SweepInterval is how often the memory store's sweeper removes
 	// expired threads. Zero means DefaultSweepInterval (1 minute); negative
