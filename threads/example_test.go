@@ -51,6 +51,10 @@ func ExampleNewRedis() {
 	if err != nil {
 		panic(err)
 	}
+	// Optional, at startup: the first turns then need no EVAL fallback.
+	if err := st.LoadScripts(ctx); err != nil {
+		panic(err)
+	}
 	// One round trip: get or create the thread, record the video, read history.
 	sess, _ := st.Open(ctx, threads.OpenRequest{UserID: "learner-1", CourseID: "go-101", VideoURL: "intro.mp4", HistoryLimit: 20})
 	// One round trip: append the turn, trim, slide the TTL.

@@ -77,6 +77,21 @@ func NewRedis(rdb redis.UniversalClient, cfg Config) (*RedisStore, error) {
 	return &RedisStore{rdb: rdb, cfg: cfg}, nil
 }
 
+// LoadScripts loads the store's Lua scripts into the script cache of every
+// server the client reaches (every master of a Cluster). Calling it at
+// startup is optional: without it, the first run of each script on each
+// server costs one more round trip (EVALSHA answered NOSCRIPT, then EVAL),
+// after a restart or a failover too. It returns the first error Redis
+// answers.
+func (s *RedisStore) LoadScripts(ctx context.Context) error {
+	for _, sc := range []*redis.Script{openScript, appendScript, readScript, deleteScript, forgetScript} {
+		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+			return fmt.Errorf("threads: loading scripts: %w", err)
+		}
+	}
+	return nil
+}
+
 // redisKeys are the keys of one thread; all share the bucket's hash tag.
 type redisKeys struct {
 	thread, msgs, user, active string

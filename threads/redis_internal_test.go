@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/chatscale/chatscale/internal/testutil"
 )
 
@@ -135,5 +137,51 @@ func TestRedisIndexesExpireWithTheirLastThread(t *testing.T) {
 	env.Mini.FastForward(time.Millisecond)
 	if keys := env.Mini.Keys(); len(keys) != 0 {
 		t.Fatalf("keys left after every thread expired: %q", keys)
+	}
+}
+
+func TestRedisLoadScriptsReachesEveryMaster(t *testing.T) {
+	ctx := context.Background()
+	env := testutil.Redis(t)
+	if env.Mini != nil {
+		// Only the test's own server may be flushed; on shared servers the
+		// scripts may already be cached, which the check below tolerates.
+		if err := env.Client.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := NewRedis(env.Client, Config{Prefix: env.Prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.LoadScripts(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var hashes []string
+	for _, s := range []*redis.Script{openScript, appendScript, readScript, deleteScript, forgetScript} {
+		hashes = append(hashes, s.Hash())
+	}
+	check := func(ctx context.Context, c *redis.Client) error {
+		ok, err := c.ScriptExists(ctx, hashes...).Result()
+		if err != nil {
+			return err
+		}
+		for i, loaded := range ok {
+			if !loaded {
+				return fmt.Errorf("%s: script %s not loaded", c.Options().Addr, hashes[i])
+			}
+		}
+		return nil
+	}
+	switch c := env.Client.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, check)
+	case *redis.Client:
+		err = check(ctx, c)
+	default:
+		t.Fatalf("unexpected client %T", env.Client)
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 }

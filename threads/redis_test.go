@@ -65,7 +65,7 @@ func TestRedisRoundTrips(t *testing.T) {
 	msg := threads.Message{Role: threads.RoleUser, Content: "q"}
 	// Load the scripts on every server, then dial the connections (HELLO
 	// and CLIENT SETINFO pass the hook too).
-	if err := threads.LoadScripts(ctx, rdb); err != nil {
+	if err := st.LoadScripts(ctx); err != nil {
 		t.Fatal(err)
 	}
 	warm, err := st.Open(ctx, threads.OpenRequest{UserID: "w", CourseID: "c", VideoURL: "v"})
