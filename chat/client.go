@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sashabaranov/go-openai"
 
+	"github.com/chatscale/chatscale/internal/timeutil"
 	"github.com/chatscale/chatscale/ratelimit"
 )
 
@@ -275,7 +276,7 @@ func NewClient(inner Completer, cfg Config) (*Client, error) {
 		inner:  inner,
 		cfg:    cfg,
 		logger: cfg.Logger,
-		sleep:  sleepTimer,
+		sleep:  timeutil.Sleep,
 		jitter: func(n int64) int64 { return mrand.Int64N(n) },
 		budget: newRetryBudget(cfg.RetryRatio, cfg.RetryFloor, cfg.RetryWindow),
 	}

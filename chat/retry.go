@@ -201,21 +201,6 @@ func (b *retryBudget) retry(now time.Time) bool {
 	return true
 }
 
-// sleepTimer waits d or until ctx ends.
-func sleepTimer(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // describe names an error class for logs and metrics.
 func (c class) String() string {
 	switch c {

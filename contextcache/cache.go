@@ -21,6 +21,8 @@ import (
 	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/chatscale/chatscale/internal/timeutil"
 )
 
 var (
@@ -127,7 +129,7 @@ func New(src Source, cfg Config) (*Cache, error) {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		rdb:     cfg.Redis,
-		sleep:   sleepCtx,
+		sleep:   timeutil.Sleep,
 		seed:    maphash.MakeSeed(),
 		channel: cfg.Prefix + "invalidate",
 	}
@@ -757,17 +759,6 @@ func newToken() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // otterClock gives otter the Cache's clock. Its ticks are nil: otter then

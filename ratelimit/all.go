@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/chatscale/chatscale/internal/timeutil"
 )
 
 // Cost is one spend for AllowAll and WaitAll: N units from Key's budget
@@ -297,7 +299,7 @@ func timingOf(l Limiter) (func() time.Time, func(context.Context, time.Duration)
 	if t, ok := l.(timing); ok {
 		return t.clock, t.pause
 	}
-	return time.Now, sleepTimer
+	return time.Now, timeutil.Sleep
 }
 
 // hashTag returns the part of key Redis Cluster hashes: the text between

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/chatscale/chatscale/internal/timeutil"
 )
 
 // numShards splits a Local's key map so that concurrent callers on
@@ -60,7 +62,7 @@ func NewLocal(limit Limit, cfg Config) (*Local, error) {
 		limit:  limit,
 		rlimit: rate.Limit(float64(limit.Rate) / limit.Period.Seconds()),
 		now:    cfg.Now,
-		sleep:  sleepTimer,
+		sleep:  timeutil.Sleep,
 		seed:   maphash.MakeSeed(),
 	}
 	if cfg.MaxKeys > 0 {

@@ -305,22 +305,6 @@ func checkArgs(key string, n int, l Limit) error {
 	return nil
 }
 
-// sleepTimer waits for d or until ctx ends, whichever is first. It is
-// the default sleep hook of both limiters.
-func sleepTimer(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // budgetFor returns the longest wait ctx allows from now: ok is false when
 // ctx has no deadline.
 func budgetFor(ctx context.Context, now time.Time) (time.Duration, bool) {

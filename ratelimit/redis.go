@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/chatscale/chatscale/internal/timeutil"
 )
 
 //go:embed gcra.lua
@@ -111,7 +113,7 @@ func NewRedis(client redis.UniversalClient, limit Limit, cfg Config) (*Redis, er
 		offArg:   strconv.FormatFloat(iv*float64(limit.Burst), 'f', -1, 64),
 		fallback: fb,
 		fbBurst:  fbLimit.Burst,
-		sleep:    sleepTimer,
+		sleep:    timeutil.Sleep,
 	}
 	if cfg.HashTag != "" {
 		r.keyPrefix = cfg.Prefix + "{" + cfg.HashTag + "}:"
