@@ -44,8 +44,8 @@ type Cost struct {
 // spent.
 //
 // Bad input (a non-nil limiter with an empty key, N <= 0, or, for *Local
-// and *Redis, N > Burst) returns an error wrapping ErrInvalid before
-// anything is spent. Other errors are those of the limiters.
+// and *Redis, N > Burst) returns a *chatscale.InputError with Field "Key"
+// or "N" before anything is spent. Other errors are those of the limiters.
 func AllowAll(ctx context.Context, costs ...Cost) (Decision, error) {
 	groups, err := plan(costs)
 	if err != nil {
@@ -61,12 +61,22 @@ func AllowAll(ctx context.Context, costs ...Cost) (Decision, error) {
 // returns ctx's error, with nothing spent.
 //
 // When all the costs can share one script (see AllowAll), WaitAll is one
-// round trip that reserves every cost at the time the slowest one fits,
-// then sleeps until then. Otherwise it calls AllowAll, and while denied
-// sleeps for the RetryAfter and tries again; waiters are then not served
-// in order.
+// round trip that reserves every cost, then sleeps until the slowest one
+// fits; waiters are served in order. Each budget is charged its own cost
+// on its own timeline: the spend counts in each budget from when it is
+// reserved, not from when the wait ends. So a waiter holds exactly its
+// cost of each budget (while it waits, other callers see exactly that much
+// less Remaining), and when ctx ends during the wait the refund restores
+// every budget exactly. The price: a budget that did not need the wait
+// (the request budget, when the tokens are short) counts the call up to
+// the wait before it is made, so the calls made in a window can exceed
+// that budget by up to what it refills during the wait; over time no
+// budget's rate is exceeded.
 //
-// Bad input returns an error wrapping ErrInvalid, as for AllowAll.
+// Otherwise WaitAll calls AllowAll, and while denied sleeps for the
+// RetryAfter and tries again; waiters are then not served in order.
+//
+// Bad input returns a *chatscale.InputError, as for AllowAll.
 func WaitAll(ctx context.Context, costs ...Cost) error {
 	groups, err := plan(costs)
 	if err != nil {
@@ -118,10 +128,10 @@ func plan(costs []Cost) ([]group, error) {
 			continue
 		}
 		if c.Key == "" {
-			return nil, fmt.Errorf("%w: empty key", ErrInvalid)
+			return nil, inputError("Key", "empty")
 		}
 		if c.N <= 0 {
-			return nil, fmt.Errorf("%w: cost %d for %q: must be positive", ErrInvalid, c.N, c.Key)
+			return nil, inputError("N", fmt.Sprintf("%d: a cost must be positive", c.N))
 		}
 		switch l := c.Limiter.(type) {
 		case *Local:

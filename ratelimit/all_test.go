@@ -3,6 +3,8 @@ package ratelimit_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,13 +85,19 @@ func TestAllowAllInvalidSpendsNothing(t *testing.T) {
 	env := testutil.Redis(t)
 	req, tok := reqTok(t, env, nil)
 	ctx := context.Background()
-	for _, bad := range []ratelimit.Cost{{Limiter: tok, Key: "", N: 1}, {Limiter: tok, Key: "org", N: 0}, {Limiter: tok, Key: "org", N: 1001}} {
-		if _, err := ratelimit.AllowAll(ctx, ratelimit.Cost{Limiter: req, Key: "org", N: 1}, bad); !errors.Is(err, ratelimit.ErrInvalid) {
-			t.Errorf("AllowAll with %+v = %v, want ErrInvalid", bad, err)
-		}
-		if err := ratelimit.WaitAll(ctx, ratelimit.Cost{Limiter: req, Key: "org", N: 1}, bad); !errors.Is(err, ratelimit.ErrInvalid) {
-			t.Errorf("WaitAll with %+v = %v, want ErrInvalid", bad, err)
-		}
+	for _, c := range []struct {
+		bad   ratelimit.Cost
+		field string
+	}{{ratelimit.Cost{Limiter: tok, Key: "", N: 1}, "Key"}, {ratelimit.Cost{Limiter: tok, Key: "org", N: 0}, "N"}, {ratelimit.Cost{Limiter: tok, Key: "org", N: 1001}, "N"}} {
+		_, err := ratelimit.AllowAll(ctx, ratelimit.Cost{Limiter: req, Key: "org", N: 1}, c.bad)
+		checkInputError(t, fmt.Sprintf("AllowAll with %+v", c.bad), err, c.field)
+		err = ratelimit.WaitAll(ctx, ratelimit.Cost{Limiter: req, Key: "org", N: 1}, c.bad)
+		checkInputError(t, fmt.Sprintf("WaitAll with %+v", c.bad), err, c.field)
+	}
+	// A cost over the burst says it can never pass, and gives the burst.
+	_, err := ratelimit.AllowAll(ctx, ratelimit.Cost{Limiter: tok, Key: "org", N: 1001})
+	if r := checkInputError(t, "AllowAll over the burst", err, "N"); !strings.Contains(r, "never pass") || !strings.Contains(r, "1000") {
+		t.Errorf("reason %q does not say the cost can never pass and the burst is 1000", r)
 	}
 	if d, _ := req.Allow(ctx, "org", 1); d.Remaining != 9 {
 		t.Fatalf("invalid calls spent budget: %d left, want 9", d.Remaining)
@@ -141,11 +149,19 @@ func TestWaitAllReservesTogether(t *testing.T) {
 	if got := sl.calls(); len(got) != 1 || got[0] != time.Second {
 		t.Fatalf("sleeps = %v, want [1s]", got)
 	}
-	// Both are reserved for t0+1s: the request is spent at that time, not
-	// at t0 (then it would have refilled by t0+1s and 9 would be left).
+	// Both costs were reserved in that one round trip, each on its own
+	// budget: the request counts from t0, when it was reserved (it is not
+	// moved to t0+1s, when the tokens fit), and the tokens from when they
+	// fit.
+	if got := remaining(t, req, "org"); got != 8 {
+		t.Fatalf("requests at t0: %d left, want 8 (two held)", got)
+	}
 	env.Mini.SetTime(t0.Add(time.Second))
-	if d, _ := req.Allow(ctx, "org", 1); !d.Allowed || d.Remaining != 8 {
-		t.Fatalf("requests at t0+1s: %+v, want 8 left", d)
+	if d, _ := req.Allow(ctx, "org", 1); !d.Allowed || d.Remaining != 9 {
+		t.Fatalf("requests at t0+1s: %+v, want 9 left (both refilled 100ms each after t0)", d)
+	}
+	if d, _ := tok.Allow(ctx, "org", 1); d.Allowed || d.RetryAfter != 10*time.Millisecond {
+		t.Fatalf("tokens at t0+1s: %+v, want denied for 10ms (the reserved 100 just taken)", d)
 	}
 }
 

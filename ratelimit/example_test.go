@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/ratelimit"
 )
 
@@ -22,13 +24,16 @@ func ExampleNewLocal() {
 		d, _ := lim.Allow(ctx, "user-1", 1)
 		fmt.Println(d.Allowed, d.Remaining, d.RetryAfter.Round(time.Second))
 	}
+	// A cost over the burst can never pass: bad input, not a denial.
 	_, err = lim.Allow(ctx, "user-1", 5)
-	fmt.Println(errors.Is(err, ratelimit.ErrInvalid))
+	fmt.Println(errors.Is(err, chatscale.ErrInvalidInput))
+	fmt.Println(err)
 	// Output:
 	// true 1 0s
 	// true 0 0s
 	// false 0 30s
 	// true
+	// ratelimit: invalid N: 5 is more than the burst 2: it can never pass
 }
 
 func ExampleNewRedis() {
@@ -43,20 +48,30 @@ func ExampleNewRedis() {
 
 	// Every instance of the application builds the same limiter on the
 	// same Redis and shares the budget.
-	lim, err := ratelimit.NewRedis(rdb, ratelimit.PerMinute(600), ratelimit.Config{Prefix: "example:"})
+	lim, err := ratelimit.NewRedis(rdb, ratelimit.PerMinute(600), ratelimit.Config{})
 	if err != nil {
 		panic(err)
 	}
 	ctx := context.Background()
+	// Optional: saves the first decision on each server a round trip.
+	if err := lim.LoadScripts(ctx); err != nil {
+		panic(err)
+	}
 	d, _ := lim.Allow(ctx, "org", 599)
 	fmt.Println(d.Allowed, d.Remaining)
 	d, _ = lim.Allow(ctx, "org", 2)
 	fmt.Println(d.Allowed, d.Remaining, d.RetryAfter)
 	fmt.Println(lim.Key("org"))
+
+	_, err = ratelimit.NewRedis(rdb, ratelimit.PerMinute(600), ratelimit.Config{Prefix: "tenant-{a}:"})
+	fmt.Println(errors.Is(err, chatscale.ErrInvalidConfig))
+	fmt.Println(err)
 	// Output:
 	// true 1
 	// false 1 100ms
-	// example:{org}
+	// chatscale:ratelimit:{org}
+	// true
+	// ratelimit: invalid config: Config.Prefix: contains '{' or '}'
 }
 
 func ExampleAllowAll() {
@@ -90,8 +105,51 @@ func ExampleAllowAll() {
 		ratelimit.Cost{Limiter: tokens, Key: "org", N: 29000},
 	)
 	fmt.Println(d.Allowed, d.RetryAfter)
+	fmt.Println(requests.Key("org"), tokens.Key("org"))
 	// Output:
 	// true
 	// 28799
 	// false 402ms
+	// rpm:ratelimit:{openai}:org tpm:ratelimit:{openai}:org
+}
+
+// Two limiters share a registry: their Names tell their series apart.
+// Close takes a limiter's series off the registry.
+func ExampleConfig_metrics() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	reg := prometheus.NewRegistry()
+	cfg := ratelimit.Config{Registerer: reg, ConstLabels: prometheus.Labels{"upstream": "openai"}}
+	cfg.Name = "requests"
+	requests, err := ratelimit.NewRedis(rdb, ratelimit.PerMinute(500), cfg)
+	if err != nil {
+		panic(err)
+	}
+	cfg.Name = "tokens"
+	tokens, err := ratelimit.NewRedis(rdb, ratelimit.PerMinute(30000), cfg)
+	if err != nil {
+		panic(err)
+	}
+	defer requests.Close()
+	_, _ = tokens.Allow(context.Background(), "org", 100)
+
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		fmt.Println(mf.GetName(), len(mf.GetMetric()), "series")
+	}
+	_ = tokens.Close()
+	mfs, _ = reg.Gather()
+	fmt.Println(len(mfs[0].GetMetric()), "decisions series after the tokens limiter's Close")
+	// Output:
+	// ai_chat_ratelimit_decisions_total 4 series
+	// ai_chat_ratelimit_fallback_total 2 series
+	// ai_chat_ratelimit_outages_total 2 series
+	// ai_chat_ratelimit_store_errors_total 2 series
+	// 2 decisions series after the tokens limiter's Close
 }

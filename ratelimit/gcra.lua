@@ -19,6 +19,14 @@
 --   reset     microseconds until bucket i is full again;
 --   wait_i    microseconds bucket i alone needs before its cost fits.
 --
+-- Each bucket is charged its own cost on its own timeline: its TAT moves
+-- by cost * interval from where it stands, never to the time the slowest
+-- bucket fits. So a reservation (ARGV[1] > 0) counts in every budget from
+-- the moment it is made, not when its wait ends; a waiter holds exactly
+-- its cost of each budget, others see exactly that much less Remaining,
+-- and a refund of the costs (ARGV[1] = -1, negative costs) restores every
+-- bucket exactly.
+--
 -- The time comes from Redis TIME, so every instance shares one clock;
 -- writing after TIME needs effects replication, the default since Redis 5.
 -- Keys expire when their bucket is full again (a missing key is a full
@@ -54,7 +62,6 @@ for i = 1, n do
   local wi = tat + cost * iv - off - now
   if wi < 0 then wi = 0 end
   if allowed == 1 then
-    if maxwait >= 0 and tact > tat then tat = tact end
     tat = tat + cost * iv
     if tat <= now then
       redis.call('DEL', KEYS[i])

@@ -3,6 +3,7 @@ package ratelimit_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -12,8 +13,32 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/internal/testutil"
 )
+
+// checkConfigError checks that err is a *chatscale.ConfigError of package
+// ratelimit about field, matching chatscale.ErrInvalidConfig.
+func checkConfigError(t *testing.T, what string, err error, field string) {
+	t.Helper()
+	var ce *chatscale.ConfigError
+	if !errors.As(err, &ce) || !errors.Is(err, chatscale.ErrInvalidConfig) || ce.Package != "ratelimit" || ce.Field != field || ce.Reason == "" {
+		t.Errorf("%s = %v, want a *chatscale.ConfigError for %s", what, err, field)
+	}
+}
+
+// checkInputError checks that err is a *chatscale.InputError of package
+// ratelimit about field, matching chatscale.ErrInvalidInput, and returns
+// its Reason.
+func checkInputError(t *testing.T, what string, err error, field string) string {
+	t.Helper()
+	var ie *chatscale.InputError
+	if !errors.As(err, &ie) || !errors.Is(err, chatscale.ErrInvalidInput) || ie.Package != "ratelimit" || ie.Field != field || ie.Reason == "" {
+		t.Errorf("%s = %v, want a *chatscale.InputError for %s", what, err, field)
+		return ""
+	}
+	return ie.Reason
+}
 
 // newClock returns a clock tests move by hand. It starts at the wall time
 // of its creation so that ctx deadlines derived from it are in the future.

@@ -2,7 +2,6 @@ package ratelimit
 
 import (
 	"context"
-	"fmt"
 	"hash/maphash"
 	"math"
 	"sync"
@@ -30,8 +29,9 @@ const maxChargeChunks = 1 << 16
 // refilled completely is dropped when the map grows, which changes
 // nothing since a full bucket behaves exactly as a missing one.
 //
-// A Local is safe for concurrent use and starts no goroutines. Create it
-// with NewLocal; the zero Local rejects every call with ErrInvalid.
+// A Local is safe for concurrent use, starts no goroutines and holds no
+// metrics, so it has no Close. Create it with NewLocal; the zero Local
+// refuses every call with a *chatscale.ConfigError.
 type Local struct {
 	limit    Limit
 	rlimit   rate.Limit
@@ -49,12 +49,15 @@ type shard struct {
 	_       [40]byte
 }
 
-// NewLocal returns a Local enforcing limit on every key. It returns an
-// error wrapping ErrInvalid when limit or cfg is impossible. Of cfg it
-// uses MaxKeys and Now.
+// NewLocal returns a Local enforcing limit on every key. It returns a
+// *chatscale.ConfigError when limit or cfg is impossible (see Limit and
+// Config). Of cfg it uses MaxKeys and Now.
 func NewLocal(limit Limit, cfg Config) (*Local, error) {
 	limit, err := limit.normalize()
 	if err != nil {
+		return nil, err
+	}
+	if err := cfg.check(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
@@ -74,8 +77,8 @@ func NewLocal(limit Limit, cfg Config) (*Local, error) {
 // Limit returns the limit the Local enforces on each key.
 func (l *Local) Limit() Limit { return l.limit }
 
-// Allow spends n from key's budget if it fits now. It returns an error
-// wrapping ErrInvalid for an empty key, n <= 0 or n > Burst. It does not
+// Allow spends n from key's budget if it fits now. It returns a
+// *chatscale.InputError for an empty key, n <= 0 or n > Burst. It does not
 // allocate.
 func (l *Local) Allow(_ context.Context, key string, n int) (Decision, error) {
 	if err := l.check(key, n); err != nil {
@@ -86,7 +89,7 @@ func (l *Local) Allow(_ context.Context, key string, n int) (Decision, error) {
 
 func (l *Local) check(key string, n int) error {
 	if l.limit.Rate == 0 {
-		return fmt.Errorf("%w: Local not created by NewLocal", ErrInvalid)
+		return errZeroLocal()
 	}
 	return checkArgs(key, n, l.limit)
 }
@@ -112,7 +115,7 @@ func (l *Local) allowAt(now time.Time, key string, n int) Decision {
 // place in line at once (as rate.Limiter.WaitN does). When the wait would
 // outlast ctx's deadline it returns a *LimitedError without sleeping;
 // when ctx ends while waiting it gives the reservation back and returns
-// ctx's error. Bad input returns an error wrapping ErrInvalid.
+// ctx's error. Bad input returns a *chatscale.InputError.
 func (l *Local) Wait(ctx context.Context, key string, n int) error {
 	if err := l.check(key, n); err != nil {
 		return err
@@ -143,14 +146,14 @@ func (l *Local) Wait(ctx context.Context, key string, n int) error {
 // Adjust settles an earlier spend on key: a negative delta gives budget
 // back (never beyond Burst), a positive one charges it without waiting,
 // so the budget may go into debt. A positive delta is applied in chunks
-// of Burst, at most 65536 of them per call. An empty key returns an error
-// wrapping ErrInvalid; a zero delta does nothing.
+// of Burst, at most 65536 of them per call. An empty key returns a
+// *chatscale.InputError; a zero delta does nothing.
 func (l *Local) Adjust(_ context.Context, key string, delta int) error {
 	if l.limit.Rate == 0 {
-		return fmt.Errorf("%w: Local not created by NewLocal", ErrInvalid)
+		return errZeroLocal()
 	}
 	if key == "" {
-		return fmt.Errorf("%w: empty key", ErrInvalid)
+		return inputError("Key", "empty")
 	}
 	if delta == 0 {
 		return nil
@@ -189,6 +192,11 @@ func (l *Local) Stats() Stats {
 		sh.mu.Unlock()
 	}
 	return s
+}
+
+// errZeroLocal is the error of every call on the zero Local.
+func errZeroLocal() error {
+	return configError("Local", "the zero Local: create it with NewLocal")
 }
 
 func (l *Local) shard(key string) *shard {

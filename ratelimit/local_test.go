@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/chatscale/chatscale/internal/testutil"
 	"github.com/chatscale/chatscale/ratelimit"
 )
@@ -49,38 +51,69 @@ func TestLocalBurstThenRefill(t *testing.T) {
 }
 
 func TestLocalInvalid(t *testing.T) {
-	for _, l := range []ratelimit.Limit{{}, {Rate: 1}, {Period: time.Second}, {Rate: -1, Period: time.Second}, {Rate: 1, Period: time.Second, Burst: -1}, {Rate: 2e9, Period: time.Second}} {
-		if _, err := ratelimit.NewLocal(l, ratelimit.Config{}); !errors.Is(err, ratelimit.ErrInvalid) {
-			t.Errorf("NewLocal(%s) = %v, want ErrInvalid", l, err)
-		}
+	for _, c := range []struct {
+		l     ratelimit.Limit
+		field string
+	}{
+		{ratelimit.Limit{}, "limit.Rate"},
+		{ratelimit.Limit{Rate: 1}, "limit.Period"},
+		{ratelimit.Limit{Period: time.Second}, "limit.Rate"},
+		{ratelimit.Limit{Rate: -1, Period: time.Second}, "limit.Rate"},
+		{ratelimit.Limit{Rate: 1, Period: -time.Second}, "limit.Period"},
+		{ratelimit.Limit{Rate: 1, Period: time.Second, Burst: -1}, "limit.Burst"},
+		{ratelimit.Limit{Rate: 2e9, Period: time.Second}, "limit"},
+	} {
+		_, err := ratelimit.NewLocal(c.l, ratelimit.Config{})
+		checkConfigError(t, fmt.Sprintf("NewLocal(%s)", c.l), err, c.field)
+	}
+	// NewLocal refuses the Configs NewRedis refuses.
+	for _, c := range badConfigs {
+		_, err := ratelimit.NewLocal(ratelimit.PerHour(1), c.cfg)
+		checkConfigError(t, fmt.Sprintf("NewLocal(%+v)", c.cfg), err, c.field)
 	}
 	lim := newLocal(t, ratelimit.PerMinute(10), newClock())
 	ratelimit.SetSleep(lim, noSleep(t))
 	checkInvalid(t, lim, 10)
 	var zero ratelimit.Local
-	if _, err := zero.Allow(context.Background(), "k", 1); !errors.Is(err, ratelimit.ErrInvalid) {
-		t.Errorf("zero Local: %v, want ErrInvalid", err)
-	}
+	_, err := zero.Allow(context.Background(), "k", 1)
+	checkConfigError(t, "Allow on the zero Local", err, "Local")
+	checkConfigError(t, "Adjust on the zero Local", zero.Adjust(context.Background(), "k", 1), "Local")
 }
 
-// checkInvalid checks that bad arguments fail at once with ErrInvalid.
+// badConfigs are impossible Configs and the Field their error names.
+var badConfigs = []struct {
+	cfg   ratelimit.Config
+	field string
+}{
+	{ratelimit.Config{Prefix: "a{b"}, "Config.Prefix"},
+	{ratelimit.Config{HashTag: "x}"}, "Config.HashTag"},
+	{ratelimit.Config{Name: "{n}"}, "Config.Name"},
+	{ratelimit.Config{ExpectedInstances: -1}, "Config.ExpectedInstances"},
+	{ratelimit.Config{ConstLabels: prometheus.Labels{"limiter": "x"}}, "Config.ConstLabels"},
+	{ratelimit.Config{ConstLabels: prometheus.Labels{"result": "x"}}, "Config.ConstLabels"},
+}
+
+// checkInvalid checks that bad arguments fail at once with a
+// *chatscale.InputError naming the argument.
 func checkInvalid(t *testing.T, lim ratelimit.Limiter, burst int) {
 	t.Helper()
 	ctx := context.Background()
 	for _, c := range []struct {
-		key string
-		n   int
-	}{{"", 1}, {"k", 0}, {"k", -1}, {"k", burst + 1}} {
-		if _, err := lim.Allow(ctx, c.key, c.n); !errors.Is(err, ratelimit.ErrInvalid) {
-			t.Errorf("Allow(%q, %d) = %v, want ErrInvalid", c.key, c.n, err)
-		}
-		if err := lim.Wait(ctx, c.key, c.n); !errors.Is(err, ratelimit.ErrInvalid) {
-			t.Errorf("Wait(%q, %d) = %v, want ErrInvalid", c.key, c.n, err)
-		}
+		key   string
+		n     int
+		field string
+	}{{"", 1, "Key"}, {"k", 0, "N"}, {"k", -1, "N"}, {"k", burst + 1, "N"}} {
+		_, err := lim.Allow(ctx, c.key, c.n)
+		checkInputError(t, fmt.Sprintf("Allow(%q, %d)", c.key, c.n), err, c.field)
+		err = lim.Wait(ctx, c.key, c.n)
+		checkInputError(t, fmt.Sprintf("Wait(%q, %d)", c.key, c.n), err, c.field)
 	}
-	if err := lim.Adjust(ctx, "", 1); !errors.Is(err, ratelimit.ErrInvalid) {
-		t.Errorf("Adjust with empty key = %v, want ErrInvalid", err)
+	_, err := lim.Allow(ctx, "k", burst+1)
+	want := fmt.Sprintf("ratelimit: invalid N: %d is more than the burst %d: it can never pass", burst+1, burst)
+	if err == nil || err.Error() != want {
+		t.Errorf("Allow over the burst = %v, want %q", err, want)
 	}
+	checkInputError(t, "Adjust with an empty key", lim.Adjust(ctx, "", 1), "Key")
 }
 
 func TestLocalWaitDeadline(t *testing.T) {

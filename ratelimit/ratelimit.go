@@ -14,7 +14,11 @@
 // script over all the keys: one round trip, atomic. Give the limiters the
 // same Config.HashTag to get that. Otherwise the costs are spent one group
 // at a time, in order, and the groups already spent are refunded with Adjust
-// when a later one is denied (see AllowAll for what that costs).
+// when a later one is denied (see AllowAll for what that costs). WaitAll
+// in one script reserves each cost on its own budget at once and then
+// sleeps until the slowest fits; each budget counts the spend from the
+// reservation, so a cancelled wait gives every budget back exactly (see
+// WaitAll).
 //
 // After the upstream call, Adjust settles the token estimate against the
 // usage the upstream reported: a negative delta gives budget back, a
@@ -49,6 +53,42 @@
 // ContextTimeoutEnabled is set). A call whose ctx ends returns ctx's error
 // and does not count as a Redis failure.
 //
+// # Conventions
+//
+// The package follows the conventions of the chatscale module (see the
+// README):
+//
+//   - Keys start with Config.Prefix (default chatscale.DefaultPrefix,
+//     "chatscale:") followed by "ratelimit:": "chatscale:ratelimit:{user-1}",
+//     or "chatscale:ratelimit:{openai}:org" with Config.HashTag "openai".
+//     A Prefix, HashTag or Name holding '{' or '}' is refused.
+//   - NewLocal and NewRedis return a *chatscale.ConfigError (matching
+//     chatscale.ErrInvalidConfig) for an impossible Limit or Config or a
+//     nil client; the methods, AllowAll and WaitAll return a
+//     *chatscale.InputError (matching chatscale.ErrInvalidInput) with Field
+//     "Key" or "N" for an empty key, a cost n <= 0, or a cost larger than
+//     the burst, which can never pass.
+//   - ErrUnavailable means Redis failed and the call could not be answered
+//     (a FailClosed limiter, LoadScripts); ErrLimited (a *LimitedError)
+//     means the budget held the cost off; a ctx that ends is returned as
+//     ctx's error.
+//   - With Config.Registerer a *Redis registers
+//     <Namespace>_ratelimit_decisions_total{result="allowed"|"limited"},
+//     <Namespace>_ratelimit_fallback_total,
+//     <Namespace>_ratelimit_store_errors_total and
+//     <Namespace>_ratelimit_outages_total (Namespace defaults to "ai_chat"),
+//     each with the constant label limiter=Config.Name and
+//     Config.ConstLabels, all or nothing; Close unregisters them.
+//   - (*Redis).LoadScripts warms the script cache of every server at
+//     startup.
+//
+// Two deviations, and why: (*Redis).Close only unregisters the metrics; a
+// *Redis runs nothing and does not own its client, so it keeps working
+// after Close and the package has no ErrClosed. And Redis decisions take
+// the time from Redis TIME, not Config.Now, so that every instance shares
+// one clock; Config.Now serves the local limiters, the probes and the
+// Wait deadlines.
+//
 // # Composition
 //
 // The limiters know nothing of retries or breakers. Callers that retry an
@@ -65,32 +105,49 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/chatscale/chatscale"
+	"github.com/chatscale/chatscale/internal/keyspace"
 )
 
-// Sentinel errors. Callers test for them with errors.Is.
+// pkg names the package in its *chatscale.ConfigError and
+// *chatscale.InputError values.
+const pkg = "ratelimit"
+
+// Sentinel errors. Callers test for them with errors.Is. Bad input and
+// impossible configurations are reported with the module's shared errors,
+// chatscale.ErrInvalidInput and chatscale.ErrInvalidConfig.
 var (
 	// ErrLimited means the budget does not allow the cost now.
 	// The error is a *LimitedError carrying when to retry.
 	ErrLimited = errors.New("ratelimit: limit exceeded")
-	// ErrInvalid means a bad argument: an empty key, n <= 0, or n larger
-	// than the burst (a cost that could never pass), or an impossible
-	// Limit or Config.
-	ErrInvalid = errors.New("ratelimit: invalid argument")
-	// ErrUnavailable means the shared store could not be reached and the
-	// limiter is configured to fail closed.
+	// ErrUnavailable means Redis failed, so the call could not be
+	// answered: the calls of a limiter with Config.FailClosed while Redis
+	// fails (or is held off until the next probe), and LoadScripts. It may
+	// succeed later. The error wraps Redis's error when there was one.
 	ErrUnavailable = errors.New("ratelimit: store unavailable")
 )
 
+func configError(field, reason string) error {
+	return &chatscale.ConfigError{Package: pkg, Field: field, Reason: reason}
+}
+
+func inputError(field, reason string) error {
+	return &chatscale.InputError{Package: pkg, Field: field, Reason: reason}
+}
+
 // Limit is a budget: Rate events per Period, with bursts of up to Burst.
 // A Burst of zero means Rate. The zero Limit allows nothing: constructors
-// reject it with ErrInvalid.
+// refuse it with a *chatscale.ConfigError.
 type Limit struct {
-	// Rate is how many units (requests, tokens) the budget grants per Period.
+	// Rate is how many units (requests, tokens) the budget grants per
+	// Period. It must be positive.
 	Rate int
-	// Period is the time over which Rate is granted.
+	// Period is the time over which Rate is granted. It must be positive.
 	Period time.Duration
 	// Burst is the most that can be spent at once after an idle spell,
-	// and the largest cost that can ever pass. Zero means Rate.
+	// and the largest cost that can ever pass. Zero means Rate; negative
+	// is refused.
 	Burst int
 }
 
@@ -111,19 +168,25 @@ func (l Limit) String() string {
 // IsZero reports whether l is the zero Limit.
 func (l Limit) IsZero() bool { return l == Limit{} }
 
-// normalize returns l with its defaults filled in, or an error wrapping
-// ErrInvalid when l cannot be enforced.
+// normalize returns l with its defaults filled in, or a
+// *chatscale.ConfigError naming the field (as the constructors' parameter
+// limit) when l cannot be enforced.
 func (l Limit) normalize() (Limit, error) {
+	switch {
+	case l.Rate <= 0:
+		return l, configError("limit.Rate", fmt.Sprintf("%d: must be positive", l.Rate))
+	case l.Period <= 0:
+		return l, configError("limit.Period", fmt.Sprintf("%s: must be positive", l.Period))
+	case l.Burst < 0:
+		return l, configError("limit.Burst", fmt.Sprintf("%d: must not be negative", l.Burst))
+	}
 	if l.Burst == 0 {
 		l.Burst = l.Rate
-	}
-	if l.Rate <= 0 || l.Period <= 0 || l.Burst <= 0 {
-		return l, fmt.Errorf("%w: limit %s: rate, period and burst must be positive", ErrInvalid, l)
 	}
 	if float64(l.Rate)/l.Period.Seconds() > 1e9 {
 		// Beyond any real budget, and where float arithmetic on
 		// microsecond timestamps stops being exact.
-		return l, fmt.Errorf("%w: limit %s: more than 1e9 units per second", ErrInvalid, l)
+		return l, configError("limit", fmt.Sprintf("%s: more than 1e9 units per second", l))
 	}
 	return l, nil
 }
@@ -171,9 +234,9 @@ func (e *LimitedError) Is(target error) bool { return target == ErrLimited }
 // Implementations are safe for concurrent use.
 type Limiter interface {
 	// Allow spends n from key's budget if it fits now, and never blocks
-	// on the budget. It returns an error wrapping ErrInvalid for bad
-	// input, and ErrUnavailable when the store fails and the limiter
-	// fails closed.
+	// on the budget. It returns a *chatscale.InputError for bad input (an
+	// empty key, n <= 0, n larger than the burst), and an error wrapping
+	// ErrUnavailable when the store fails and the limiter fails closed.
 	Allow(ctx context.Context, key string, n int) (Decision, error)
 	// Wait blocks until n fits in key's budget and spends it. When the
 	// wait would outlast ctx's deadline it returns a *LimitedError at
@@ -183,7 +246,7 @@ type Limiter interface {
 	// Adjust settles an earlier spend against what it really cost:
 	// a positive delta charges more (without waiting, the budget may go
 	// into debt), a negative one gives budget back. A zero delta does
-	// nothing.
+	// nothing. An empty key returns a *chatscale.InputError.
 	Adjust(ctx context.Context, key string, delta int) error
 }
 
@@ -195,18 +258,21 @@ var (
 
 // Config tunes a limiter. It is passed by value; the zero Config is valid
 // and every field documents its default. Fields marked "Redis only" are
-// ignored by NewLocal.
+// ignored by NewLocal, which still refuses the values NewRedis refuses, so
+// that one Config serves both.
 type Config struct {
-	// Prefix starts every Redis key (Redis only). It must not contain '{'
-	// or '}'. Empty means "ratelimit:".
+	// Prefix starts every Redis key (Redis only); the package adds
+	// "ratelimit:" after it, so keys are Prefix+"ratelimit:{"+key+"}" (see
+	// HashTag and Redis.Key). Empty means chatscale.DefaultPrefix
+	// ("chatscale:"). It must not contain '{' or '}'.
 	Prefix string
 	// HashTag, when set, is the Redis Cluster hash tag of every key of
-	// the limiter: keys are Prefix+"{"+HashTag+"}:"+key, all in one slot
-	// (Redis only). Give a request limiter and a token limiter the same
-	// HashTag so that AllowAll and WaitAll over both are one script, one
-	// round trip. Empty means each key is its own tag (Prefix+"{"+key+"}"),
-	// which spreads many keys (users) over the cluster. It must not
-	// contain '{' or '}'.
+	// the limiter: keys are Prefix+"ratelimit:{"+HashTag+"}:"+key, all in
+	// one slot (Redis only). Give a request limiter and a token limiter
+	// the same HashTag so that AllowAll and WaitAll over both are one
+	// script, one round trip. Empty means each key is its own tag
+	// (Prefix+"ratelimit:{"+key+"}"), which spreads many keys (users) over
+	// the cluster. It must not contain '{' or '}'.
 	HashTag string
 	// FailClosed makes the limiter return errors wrapping ErrUnavailable
 	// while Redis fails (Redis only). False (the default) fails open: the
@@ -215,7 +281,7 @@ type Config struct {
 	// ExpectedInstances is how many instances share the budget; while
 	// Redis fails, each one allows Rate/ExpectedInstances and
 	// Burst/ExpectedInstances (at least 1 each) per key (Redis only).
-	// Zero means 1; negative is invalid.
+	// Zero means 1; negative is refused.
 	ExpectedInstances int
 	// ProbeInterval is how often, while Redis is failing, one call tries
 	// Redis again; the other calls go straight to the fallback (or fail
@@ -229,9 +295,11 @@ type Config struct {
 	// hands those keys a fresh burst. Zero means 100000; negative means
 	// no bound.
 	MaxKeys int
-	// Name labels the limiter in logs and metrics, e.g. "requests" or
-	// "tokens". Empty means "default". Limiters sharing a Registerer need
-	// distinct Names.
+	// Name labels the limiter in logs and in the limiter label of its
+	// metrics, e.g. "requests" or "tokens". Empty means "default". It
+	// must not contain '{' or '}'. Name does not enter the Redis keys:
+	// limiters that keep different budgets on one Redis under the same
+	// keys need distinct Prefixes or HashTags.
 	Name string
 	// Now returns the current time for local decisions, the fallback and
 	// Wait deadlines. Nil means time.Now. Redis decisions use Redis TIME.
@@ -240,16 +308,53 @@ type Config struct {
 	// line when it answers again (Redis only). Nil discards.
 	Logger *slog.Logger
 	// Registerer, when set, receives the limiter's counters (Redis only):
-	// ratelimit_decisions_total{limiter,result}, ratelimit_fallback_total,
-	// ratelimit_store_errors_total and ratelimit_outages_total, each with
-	// the const label limiter=Name. Nil means no metrics.
+	// <Namespace>_ratelimit_decisions_total{result="allowed"|"limited"},
+	// <Namespace>_ratelimit_fallback_total,
+	// <Namespace>_ratelimit_store_errors_total and
+	// <Namespace>_ratelimit_outages_total, each with the constant label
+	// limiter=Name plus ConstLabels. They are registered all or nothing,
+	// and Close unregisters them. Two limiters on one Registerer need
+	// distinct Names or distinct ConstLabels, else the second NewRedis
+	// fails. Nil means no metrics (never the global registry).
 	Registerer prometheus.Registerer
+	// Namespace starts every metric name (Redis only). Empty means
+	// chatscale.DefaultNamespace ("ai_chat").
+	Namespace string
+	// ConstLabels are added to every metric of the limiter (Redis only),
+	// e.g. {"upstream": "openai"}. They must not hold the labels the
+	// package sets, "limiter" and "result". Limiters on one Registerer
+	// must use the same label names (Prometheus refuses one metric name
+	// with two sets of label names) and differ in Name or in a value.
+	// Nil means none.
+	ConstLabels prometheus.Labels
+}
+
+// check returns a *chatscale.ConfigError for an impossible field of c.
+func (c Config) check() error {
+	for _, f := range [...]struct{ name, v string }{
+		{"Config.Prefix", c.Prefix},
+		{"Config.HashTag", c.HashTag},
+		{"Config.Name", c.Name},
+	} {
+		if err := keyspace.Check(pkg, f.name, f.v); err != nil {
+			return err
+		}
+	}
+	if c.ExpectedInstances < 0 {
+		return configError("Config.ExpectedInstances", fmt.Sprintf("%d: must not be negative", c.ExpectedInstances))
+	}
+	for _, l := range [...]string{"limiter", "result"} {
+		if _, ok := c.ConstLabels[l]; ok {
+			return configError("Config.ConstLabels", fmt.Sprintf("holds %q, a label the package sets", l))
+		}
+	}
+	return nil
 }
 
 // withDefaults returns a copy of c with defaults filled in.
 func (c Config) withDefaults() Config {
 	if c.Prefix == "" {
-		c.Prefix = "ratelimit:"
+		c.Prefix = chatscale.DefaultPrefix
 	}
 	if c.ExpectedInstances == 0 {
 		c.ExpectedInstances = 1
@@ -268,6 +373,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Namespace == "" {
+		c.Namespace = chatscale.DefaultNamespace
 	}
 	return c
 }
@@ -291,16 +399,17 @@ type Stats struct {
 	Unavailable bool
 }
 
-// checkArgs validates a key and cost against a normalized limit.
+// checkArgs validates a key and cost against a normalized limit: a
+// *chatscale.InputError for an empty key, n <= 0 or n > Burst.
 func checkArgs(key string, n int, l Limit) error {
 	if key == "" {
-		return fmt.Errorf("%w: empty key", ErrInvalid)
+		return inputError("Key", "empty")
 	}
 	if n <= 0 {
-		return fmt.Errorf("%w: cost %d for %q: must be positive", ErrInvalid, n, key)
+		return inputError("N", fmt.Sprintf("%d: a cost must be positive", n))
 	}
 	if n > l.Burst {
-		return fmt.Errorf("%w: cost %d for %q exceeds the burst %d: it could never pass", ErrInvalid, n, key, l.Burst)
+		return inputError("N", fmt.Sprintf("%d is more than the burst %d: it can never pass", n, l.Burst))
 	}
 	return nil
 }

@@ -7,13 +7,14 @@ import (
 	"fmt"
 	"math"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/chatscale/chatscale/internal/prom"
+	"github.com/chatscale/chatscale/internal/scripts"
 	"github.com/chatscale/chatscale/internal/timeutil"
 )
 
@@ -49,17 +50,20 @@ const (
 // charged as the whole fallback burst while the fallback answers.
 //
 // A Redis is safe for concurrent use and starts no goroutines. It does not
-// take ownership of the client; callers close it.
+// take ownership of the client; callers close it. Close unregisters its
+// metrics.
 type Redis struct {
 	client    redis.UniversalClient
 	limit     Limit
 	cfg       Config
 	ivArg     string // emission interval, µs per unit
 	offArg    string // burst offset, µs
-	keyPrefix string // Prefix + "{" + HashTag + "}:" when HashTag is set
+	base      string // Prefix + "ratelimit:"
+	keyPrefix string // base + "{" + HashTag + "}:" when HashTag is set
 	fallback  *Local
 	fbBurst   int
 	sleep     func(context.Context, time.Duration) error
+	metrics   *prom.Registration
 
 	down     atomic.Bool
 	probeAt  atomic.Int64 // unix ns before which calls skip Redis while down
@@ -70,30 +74,30 @@ type Redis struct {
 	outages  atomic.Uint64
 }
 
-// NewRedis returns a Redis enforcing limit on every key through client.
-// It returns an error wrapping ErrInvalid when limit or cfg is impossible
-// (a limit finer than 1e7 units per second, braces in Prefix or HashTag,
-// negative ExpectedInstances), and the
-// Registerer's error when the metrics cannot be registered. It sends
-// nothing to Redis. NewRedis does not take ownership of client.
-func NewRedis(client redis.UniversalClient, limit Limit, cfg Config) (*Redis, error) {
-	if client == nil {
-		return nil, fmt.Errorf("%w: nil redis client", ErrInvalid)
+// NewRedis returns a Redis enforcing limit on every key through rdb. It
+// returns a *chatscale.ConfigError for a nil rdb (Field "rdb"), an
+// impossible limit ("limit.Rate", "limit.Period", "limit.Burst", or
+// "limit" for one finer than 1e7 units per second) or an impossible cfg
+// ("Config.Prefix", "Config.HashTag" or "Config.Name" holding a brace,
+// negative "Config.ExpectedInstances", "Config.ConstLabels" holding
+// "limiter" or "result"), and the Registerer's error when the metrics
+// cannot be registered (then none is). It sends nothing to Redis (see
+// LoadScripts) and does not take ownership of rdb.
+func NewRedis(rdb redis.UniversalClient, limit Limit, cfg Config) (*Redis, error) {
+	if rdb == nil {
+		return nil, configError("rdb", "nil")
 	}
 	limit, err := limit.normalize()
 	if err != nil {
 		return nil, err
 	}
 	if limit.interval() < minInterval {
-		return nil, fmt.Errorf("%w: limit %s: finer than 1e7 units per second, below what the script's microsecond clock resolves", ErrInvalid, limit)
+		return nil, configError("limit", fmt.Sprintf("%s: finer than 1e7 units per second, below what the script's microsecond clock resolves", limit))
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	if strings.ContainsAny(cfg.Prefix, "{}") || strings.ContainsAny(cfg.HashTag, "{}") {
-		return nil, fmt.Errorf("%w: Prefix %q and HashTag %q must not contain braces", ErrInvalid, cfg.Prefix, cfg.HashTag)
-	}
-	if cfg.ExpectedInstances < 0 {
-		return nil, fmt.Errorf("%w: ExpectedInstances %d is negative", ErrInvalid, cfg.ExpectedInstances)
-	}
 	fbLimit := Limit{
 		Rate:   max(1, limit.Rate/cfg.ExpectedInstances),
 		Period: limit.Period,
@@ -106,19 +110,20 @@ func NewRedis(client redis.UniversalClient, limit Limit, cfg Config) (*Redis, er
 	iv := limit.interval()
 	// Plain decimals ('f'): the Lua of miniredis does not parse "9e+07".
 	r := &Redis{
-		client:   client,
+		client:   rdb,
 		limit:    limit,
 		cfg:      cfg,
 		ivArg:    strconv.FormatFloat(iv, 'f', -1, 64),
 		offArg:   strconv.FormatFloat(iv*float64(limit.Burst), 'f', -1, 64),
+		base:     cfg.Prefix + "ratelimit:",
 		fallback: fb,
 		fbBurst:  fbLimit.Burst,
 		sleep:    timeutil.Sleep,
 	}
 	if cfg.HashTag != "" {
-		r.keyPrefix = cfg.Prefix + "{" + cfg.HashTag + "}:"
+		r.keyPrefix = r.base + "{" + cfg.HashTag + "}:"
 	}
-	if err := r.register(cfg.Registerer); err != nil {
+	if r.metrics, err = r.register(); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -127,18 +132,51 @@ func NewRedis(client redis.UniversalClient, limit Limit, cfg Config) (*Redis, er
 // Limit returns the limit the Redis enforces on each key.
 func (r *Redis) Limit() Limit { return r.limit }
 
-// Key returns the Redis key that holds key's budget: Prefix+"{"+key+"}",
-// or Prefix+"{"+HashTag+"}:"+key when Config.HashTag is set.
+// Key returns the Redis key that holds key's budget:
+// Prefix+"ratelimit:{"+key+"}", or Prefix+"ratelimit:{"+HashTag+"}:"+key
+// when Config.HashTag is set, where Prefix defaults to
+// chatscale.DefaultPrefix: "chatscale:ratelimit:{user-1}",
+// "chatscale:ratelimit:{openai}:org".
 func (r *Redis) Key(key string) string {
 	if r.keyPrefix != "" {
 		return r.keyPrefix + key
 	}
-	return r.cfg.Prefix + "{" + key + "}"
+	return r.base + "{" + key + "}"
+}
+
+// LoadScripts loads the limiter's Lua script into the script cache of
+// every server the client reaches: every node of a Cluster (go-redis
+// broadcasts SCRIPT LOAD to each master and replica), every shard of a
+// Ring, the master of a Sentinel-managed client. Calling it at startup is
+// optional: without it the first decision on each server costs one more
+// round trip (EVALSHA answered NOSCRIPT, then EVAL), after a restart or a
+// failover too. It returns ctx's error when ctx ends, else an error
+// wrapping ErrUnavailable and Redis's error when a server refuses; it
+// does not count as a decision or a store error.
+func (r *Redis) LoadScripts(ctx context.Context) error {
+	err := scripts.Load(ctx, r.client, gcraScript)
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("%w: loading scripts: %w", ErrUnavailable, err)
+}
+
+// Close unregisters the limiter's metrics from Config.Registerer, so that
+// the registry is as NewRedis found it and another limiter with the same
+// Name and ConstLabels can register. That is all it does: the limiter
+// keeps working after Close (its Stats keep counting), and the client
+// stays open. Later calls do nothing. It always returns nil.
+func (r *Redis) Close() error {
+	r.metrics.Unregister()
+	return nil
 }
 
 // Allow spends n from key's budget if it fits now, in one round trip. It
-// returns an error wrapping ErrInvalid for an empty key, n <= 0 or n >
-// Burst; while Redis fails, the fallback's decision, or with FailClosed
+// returns a *chatscale.InputError for an empty key, n <= 0 or n > Burst;
+// while Redis fails, the fallback's decision, or with FailClosed
 // an error wrapping ErrUnavailable; ctx's error when ctx ends first.
 func (r *Redis) Allow(ctx context.Context, key string, n int) (Decision, error) {
 	if err := checkArgs(key, n, r.limit); err != nil {
@@ -198,12 +236,12 @@ func (r *Redis) Wait(ctx context.Context, key string, n int) error {
 // Adjust settles an earlier spend on key in one round trip: a negative
 // delta gives budget back (never beyond Burst), a positive one charges it
 // without waiting, so the budget may go into debt. An empty key returns
-// an error wrapping ErrInvalid; a zero delta does nothing. While Redis
+// a *chatscale.InputError; a zero delta does nothing. While Redis
 // fails it adjusts the fallback, or with FailClosed returns an error
 // wrapping ErrUnavailable.
 func (r *Redis) Adjust(ctx context.Context, key string, delta int) error {
 	if key == "" {
-		return fmt.Errorf("%w: empty key", ErrInvalid)
+		return inputError("Key", "empty")
 	}
 	if delta == 0 {
 		return nil
@@ -372,40 +410,28 @@ func (r *Redis) markUp() {
 	}
 }
 
-// register adds the limiter's counters to reg, if any.
-func (r *Redis) register(reg prometheus.Registerer) error {
-	if reg == nil {
-		return nil
+// register registers the limiter's counters on Config.Registerer, if
+// any, all or nothing.
+func (r *Redis) register() (*prom.Registration, error) {
+	o := prom.Opts{Registerer: r.cfg.Registerer, Namespace: r.cfg.Namespace, ConstLabels: r.cfg.ConstLabels}
+	if o.Registerer == nil {
+		return prom.Register(pkg, nil)
 	}
-	labels := prometheus.Labels{"limiter": r.cfg.Name}
-	counter := func(name, help string, extra prometheus.Labels, v *atomic.Uint64) prometheus.Collector {
-		l := prometheus.Labels{}
-		for k, x := range labels {
-			l[k] = x
-		}
-		for k, x := range extra {
-			l[k] = x
-		}
+	counter := func(name, help string, v *atomic.Uint64, labels ...string) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: name, Help: help, ConstLabels: l,
+			Name:        o.Name("ratelimit", name),
+			Help:        help,
+			ConstLabels: o.Labels(append([]string{"limiter", r.cfg.Name}, labels...)...),
 		}, func() float64 { return float64(v.Load()) })
 	}
-	cs := []prometheus.Collector{
-		counter("ratelimit_decisions_total", "Rate limit decisions by result.", prometheus.Labels{"result": "allowed"}, &r.allowed),
-		counter("ratelimit_decisions_total", "Rate limit decisions by result.", prometheus.Labels{"result": "limited"}, &r.limited),
-		counter("ratelimit_fallback_total", "Calls answered by the local fallback while Redis failed.", nil, &r.fbCount),
-		counter("ratelimit_store_errors_total", "Failed Redis calls.", nil, &r.storeErr),
-		counter("ratelimit_outages_total", "Times Redis started failing.", nil, &r.outages),
-	}
-	for i, c := range cs {
-		if err := reg.Register(c); err != nil {
-			for _, done := range cs[:i] {
-				reg.Unregister(done)
-			}
-			return fmt.Errorf("ratelimit: registering metrics for %q: %w", r.cfg.Name, err)
-		}
-	}
-	return nil
+	const decisionsHelp = "Rate limit decisions by result."
+	return prom.Register(pkg, o.Registerer,
+		counter("decisions_total", decisionsHelp, &r.allowed, "result", "allowed"),
+		counter("decisions_total", decisionsHelp, &r.limited, "result", "limited"),
+		counter("fallback_total", "Calls answered by the local fallback while Redis failed.", &r.fbCount),
+		counter("store_errors_total", "Failed Redis calls.", &r.storeErr),
+		counter("outages_total", "Times Redis started failing.", &r.outages),
+	)
 }
 
 func (r *Redis) clock() time.Time                                 { return r.cfg.Now() }

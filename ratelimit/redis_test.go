@@ -3,6 +3,7 @@ package ratelimit_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -64,29 +65,48 @@ func TestRedisKeyLayout(t *testing.T) {
 	env := testutil.MiniredisEnv(t)
 	a := newRedis(t, env.Client, "p:", ratelimit.PerHour(1), ratelimit.Config{})
 	b := newRedis(t, env.Client, "p:", ratelimit.PerHour(1), ratelimit.Config{HashTag: "openai"})
-	if got := a.Key("u1"); got != "p:{u1}" {
+	if got := a.Key("u1"); got != "p:ratelimit:{u1}" {
 		t.Errorf("Key = %q", got)
 	}
-	if got := b.Key("u1"); got != "p:{openai}:u1" {
+	if got := b.Key("u1"); got != "p:ratelimit:{openai}:u1" {
 		t.Errorf("Key with HashTag = %q", got)
 	}
-	for _, cfg := range []ratelimit.Config{{Prefix: "a{b"}, {HashTag: "x}"}, {ExpectedInstances: -1}} {
-		if _, err := ratelimit.NewRedis(env.Client, ratelimit.PerHour(1), cfg); !errors.Is(err, ratelimit.ErrInvalid) {
-			t.Errorf("NewRedis(%+v) = %v, want ErrInvalid", cfg, err)
-		}
+	// The default Prefix is the module's.
+	def, err := ratelimit.NewRedis(env.Client, ratelimit.PerHour(1), ratelimit.Config{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := ratelimit.NewRedis(env.Client, ratelimit.Limit{}, ratelimit.Config{}); !errors.Is(err, ratelimit.ErrInvalid) {
-		t.Errorf("zero limit: %v, want ErrInvalid", err)
+	if got := def.Key("u1"); got != "chatscale:ratelimit:{u1}" {
+		t.Errorf("Key with the default Prefix = %q", got)
 	}
-	if _, err := ratelimit.NewRedis(env.Client, ratelimit.PerSecond(20_000_000), ratelimit.Config{}); !errors.Is(err, ratelimit.ErrInvalid) {
-		t.Errorf("a limit finer than the script's clock: %v, want ErrInvalid", err)
+	tagged, err := ratelimit.NewRedis(env.Client, ratelimit.PerHour(1), ratelimit.Config{HashTag: "openai"})
+	if err != nil {
+		t.Fatal(err)
 	}
+	if got := tagged.Key("org"); got != "chatscale:ratelimit:{openai}:org" {
+		t.Errorf("Key with the default Prefix and a HashTag = %q", got)
+	}
+	// The keys written are the keys Key names.
+	ctx := context.Background()
+	if d, err := tagged.Allow(ctx, "org", 1); err != nil || !d.Allowed {
+		t.Fatalf("Allow = %+v, %v", d, err)
+	}
+	if keys := env.Mini.Keys(); len(keys) != 1 || keys[0] != "chatscale:ratelimit:{openai}:org" {
+		t.Errorf("keys written: %q", keys)
+	}
+	for _, c := range badConfigs {
+		_, err := ratelimit.NewRedis(env.Client, ratelimit.PerHour(1), c.cfg)
+		checkConfigError(t, fmt.Sprintf("NewRedis(%+v)", c.cfg), err, c.field)
+	}
+	_, err = ratelimit.NewRedis(env.Client, ratelimit.Limit{}, ratelimit.Config{})
+	checkConfigError(t, "NewRedis with the zero limit", err, "limit.Rate")
+	_, err = ratelimit.NewRedis(env.Client, ratelimit.PerSecond(20_000_000), ratelimit.Config{})
+	checkConfigError(t, "NewRedis with a limit finer than the script's clock", err, "limit")
 	if _, err := ratelimit.NewRedis(env.Client, ratelimit.PerSecond(10_000_000), ratelimit.Config{}); err != nil {
 		t.Errorf("1e7 units per second: %v", err)
 	}
-	if _, err := ratelimit.NewRedis(nil, ratelimit.PerHour(1), ratelimit.Config{}); !errors.Is(err, ratelimit.ErrInvalid) {
-		t.Errorf("nil client: %v, want ErrInvalid", err)
-	}
+	_, err = ratelimit.NewRedis(nil, ratelimit.PerHour(1), ratelimit.Config{})
+	checkConfigError(t, "NewRedis with a nil client", err, "rdb")
 }
 
 func TestRedisInvalidSendsNothing(t *testing.T) {
@@ -262,10 +282,13 @@ func TestRedisFailOpen(t *testing.T) {
 	if n := logs.count("redis available again"); n != 1 {
 		t.Fatalf("logged the recovery %d times, want once", n)
 	}
-	checkMetric(t, reg, "ratelimit_fallback_total", 15)
-	checkMetric(t, reg, "ratelimit_outages_total", 1)
+	checkMetric(t, reg, "ai_chat_ratelimit_fallback_total", 15)
+	checkMetric(t, reg, "ai_chat_ratelimit_outages_total", 1)
+	checkMetric(t, reg, "ai_chat_ratelimit_store_errors_total", 2)
 }
 
+// checkMetric checks the one series of the counter name, labelled
+// limiter="requests" and nothing else.
 func checkMetric(t *testing.T, reg *prometheus.Registry, name string, want float64) {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -274,10 +297,13 @@ func checkMetric(t *testing.T, reg *prometheus.Registry, name string, want float
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name {
+			if n := len(mf.GetMetric()); n != 1 {
+				t.Fatalf("%s has %d series, want 1", name, n)
+			}
 			if got := mf.GetMetric()[0].GetCounter().GetValue(); got != want {
 				t.Errorf("%s = %v, want %v", name, got, want)
 			}
-			if l := mf.GetMetric()[0].GetLabel(); len(l) != 1 || l[0].GetValue() != "requests" {
+			if l := mf.GetMetric()[0].GetLabel(); len(l) != 1 || l[0].GetName() != "limiter" || l[0].GetValue() != "requests" {
 				t.Errorf("%s labels = %v", name, l)
 			}
 			return
@@ -377,19 +403,5 @@ func TestRedisCtxEndIsNotAnOutage(t *testing.T) {
 	}
 	if s := lim.Stats(); s.StoreErrors != 0 || s.Unavailable {
 		t.Fatalf("a cancelled ctx counted as a store failure: %+v", s)
-	}
-}
-
-func TestRedisMetricsNeedDistinctNames(t *testing.T) {
-	env := testutil.MiniredisEnv(t)
-	reg := prometheus.NewRegistry()
-	if _, err := ratelimit.NewRedis(env.Client, ratelimit.PerHour(1), ratelimit.Config{Registerer: reg, Name: "requests"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ratelimit.NewRedis(env.Client, ratelimit.PerHour(1), ratelimit.Config{Registerer: reg, Name: "tokens"}); err != nil {
-		t.Fatalf("a second limiter with another Name: %v", err)
-	}
-	if _, err := ratelimit.NewRedis(env.Client, ratelimit.PerHour(1), ratelimit.Config{Registerer: reg, Name: "tokens"}); err == nil {
-		t.Fatal("two limiters with one Name registered the same metrics")
 	}
 }

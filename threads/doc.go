@@ -26,7 +26,8 @@
 // the ID, first 12 bytes, base64url: 16 characters), so IDs of any bytes
 // (':', '{', '}', spaces, NUL, unicode) make keys of a fixed alphabet with
 // no braces. With uh and ch those digests, b the user's bucket (uh mod
-// 1024, three hex digits) and P the prefix ("chatscale:"), a thread has:
+// 1024, three hex digits) and P the prefix followed by "threads:"
+// ("chatscale:threads:" by default), a thread has:
 //
 //	P{b}:t:<uh><ch>   hash: id (random part), u, c (the raw IDs), v (video),
 //	                  ca, ua (created and updated, unix ms)
@@ -44,6 +45,14 @@
 // two pairs whose digests collided (a 2^-96 event per pair of users) would
 // get an error instead of sharing a thread, and ForgetUser never deletes
 // a thread whose stored user differs.
+//
+// # Errors
+//
+// Bad input is a *chatscale.InputError (errors.Is(err,
+// chatscale.ErrInvalidInput)), a bad Config a *chatscale.ConfigError. A
+// RedisStore call that Redis did not answer returns an error wrapping
+// ErrUnavailable; one whose ctx ended returns an error wrapping ctx's
+// error. The turn pipeline may answer without history on ErrUnavailable.
 //
 // # Redis Cluster
 //

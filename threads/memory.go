@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/chatscale/chatscale"
 )
 
 // MemoryStore is a Store held in process memory: for tests, development and
@@ -77,13 +79,13 @@ type memMsg struct {
 }
 
 // NewMemory returns a MemoryStore configured by cfg (see Config for the
-// defaults), or an *InvalidError for a negative Shards. It starts no
+// defaults), or a *chatscale.ConfigError for a negative Shards. It starts no
 // goroutine: the sweeper starts with the first write when threads expire
 // and SweepInterval is positive; call Close to stop it.
 func NewMemory(cfg Config) (*MemoryStore, error) {
 	cfg = cfg.withDefaults()
 	if cfg.Shards < 0 {
-		return nil, &InvalidError{Field: "Config.Shards", Reason: "negative"}
+		return nil, &chatscale.ConfigError{Package: "threads", Field: "Config.Shards", Reason: "negative"}
 	}
 	s := &MemoryStore{}
 	s.initOnce.Do(func() { s.setup(cfg) })

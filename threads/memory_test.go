@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/threads"
 	"github.com/chatscale/chatscale/threads/threadstest"
 )
@@ -225,8 +226,8 @@ func TestMemorySweeperRemovesExpiredThreads(t *testing.T) {
 
 func TestMemoryConfigErrors(t *testing.T) {
 	for _, cfg := range []threads.Config{{Shards: -1}} {
-		if _, err := threads.NewMemory(cfg); !errors.Is(err, threads.ErrInvalid) {
-			t.Fatalf("NewMemory(%+v) = %v; want ErrInvalid", cfg, err)
+		if _, err := threads.NewMemory(cfg); !errors.Is(err, chatscale.ErrInvalidConfig) {
+			t.Fatalf("NewMemory(%+v) = %v; want ErrInvalidConfig", cfg, err)
 		}
 	}
 }

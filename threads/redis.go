@@ -12,6 +12,10 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/chatscale/chatscale"
+	"github.com/chatscale/chatscale/internal/keyspace"
+	"github.com/chatscale/chatscale/internal/scripts"
 )
 
 var (
@@ -56,38 +60,41 @@ const redisIDLen = 2*digestLen + 1 + randomPartLen
 // A RedisStore holds no state besides its configuration: it is safe for
 // concurrent use, has no goroutines and needs no Close.
 type RedisStore struct {
-	rdb redis.UniversalClient
-	cfg Config
+	rdb    redis.UniversalClient
+	cfg    Config
+	prefix string // cfg.Prefix + "threads:"
 }
 
 var _ Store = (*RedisStore)(nil)
 
 // NewRedis returns a RedisStore using rdb and configured by cfg (see Config
 // for the defaults). It does no I/O. NewRedis does not take ownership of
-// rdb; callers close it. It returns an *InvalidError for a nil rdb or a
-// Prefix holding '{' or '}'.
+// rdb; callers close it. It returns a *chatscale.ConfigError for a nil rdb,
+// a Prefix holding '{' or '}', or a negative Shards.
 func NewRedis(rdb redis.UniversalClient, cfg Config) (*RedisStore, error) {
 	if rdb == nil {
-		return nil, &InvalidError{Field: "rdb", Reason: "nil"}
+		return nil, &chatscale.ConfigError{Package: "threads", Field: "rdb", Reason: "nil"}
 	}
 	cfg = cfg.withDefaults()
-	if strings.ContainsAny(cfg.Prefix, "{}") {
-		return nil, &InvalidError{Field: "Config.Prefix", Reason: "contains a hash-tag brace"}
+	if err := keyspace.Check("threads", "Config.Prefix", cfg.Prefix); err != nil {
+		return nil, err
 	}
-	return &RedisStore{rdb: rdb, cfg: cfg}, nil
+	if cfg.Shards < 0 {
+		return nil, &chatscale.ConfigError{Package: "threads", Field: "Config.Shards", Reason: "negative"}
+	}
+	return &RedisStore{rdb: rdb, cfg: cfg, prefix: cfg.Prefix + "threads:"}, nil
 }
 
 // LoadScripts loads the store's Lua scripts into the script cache of every
-// server the client reaches (every master of a Cluster). Calling it at
+// server the client reaches (every node of a Cluster, every shard of a
+// Ring). Calling it at
 // startup is optional: without it, the first run of each script on each
 // server costs one more round trip (EVALSHA answered NOSCRIPT, then EVAL),
 // after a restart or a failover too. It returns the first error Redis
 // answers.
 func (s *RedisStore) LoadScripts(ctx context.Context) error {
-	for _, sc := range []*redis.Script{openScript, appendScript, readScript, deleteScript, forgetScript} {
-		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
-			return fmt.Errorf("threads: loading scripts: %w", err)
-		}
+	if err := scripts.Load(ctx, s.rdb, openScript, appendScript, readScript, deleteScript, forgetScript); err != nil {
+		return wrap(ctx, "loading scripts", err)
 	}
 	return nil
 }
@@ -120,7 +127,7 @@ func bucketTag(uh string) string {
 
 // keys is the package's one key builder.
 func (s *RedisStore) keys(uh, ch string) redisKeys {
-	base := s.cfg.Prefix + "{" + bucketTag(uh) + "}:"
+	base := s.prefix + "{" + bucketTag(uh) + "}:"
 	return redisKeys{
 		thread: base + "t:" + uh + ch,
 		msgs:   base + "m:" + uh + ch,
@@ -134,7 +141,7 @@ func (s *RedisStore) keys(uh, ch string) redisKeys {
 func (s *RedisStore) activeKey(bucket int) string {
 	const hexdig = "0123456789abcdef"
 	tag := string([]byte{hexdig[bucket>>8&0xf], hexdig[bucket>>4&0xf], hexdig[bucket&0xf]})
-	return s.cfg.Prefix + "{" + tag + "}:a"
+	return s.prefix + "{" + tag + "}:a"
 }
 
 func (k *redisKeys) all() []string { return []string{k.thread, k.msgs, k.user, k.active} }
@@ -218,7 +225,39 @@ func str(v any) string   { s, _ := v.(string); return s }
 func num(v any) int64    { n, _ := v.(int64); return n }
 func millis(v any) int64 { n, _ := strconv.ParseInt(str(v), 10, 64); return n }
 
-func wrap(op string, err error) error { return fmt.Errorf("threads: %s: %w", op, err) }
+// wrap describes a failed Redis call: ctx's error when ctx ended, an error
+// wrapping ErrUnavailable when Redis did not answer (see isUnavailable),
+// else the error Redis answered (a script's error reply).
+func wrap(ctx context.Context, op string, err error) error {
+	switch {
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return fmt.Errorf("threads: %s: %w", op, err)
+	case isUnavailable(err):
+		return fmt.Errorf("threads: %s: %w: %w", op, ErrUnavailable, err)
+	}
+	return fmt.Errorf("threads: %s: %w", op, err)
+}
+
+// unavailableReplies are the error replies of a server that cannot serve
+// now but may soon: loading its data, a replica, a master without its
+// replicas, a cluster without quorum, a resharding, a busy script.
+var unavailableReplies = []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY"}
+
+// isUnavailable reports whether err means Redis did not answer the call:
+// any error that is not a reply of the server, or a reply saying it cannot
+// serve now.
+func isUnavailable(err error) bool {
+	var reply redis.Error
+	if !errors.As(err, &reply) {
+		return true
+	}
+	for _, p := range unavailableReplies {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
+}
 
 // GetOrCreate implements Store: one round trip.
 func (s *RedisStore) GetOrCreate(ctx context.Context, userID, courseID string) (Thread, error) {
@@ -248,10 +287,10 @@ func (s *RedisStore) open(ctx context.Context, req OpenRequest, op string) (Sess
 		req.UserID, req.CourseID, k.ch, k.uh+k.ch, randomPart(),
 		now, ttl, sweep, req.VideoURL, historyStart(req.HistoryLimit)).Slice()
 	if err != nil {
-		return Session{}, wrap(op, err)
+		return Session{}, wrap(ctx, op, err)
 	}
 	if len(res) < 7 {
-		return Session{}, wrap(op, errors.New("short reply"))
+		return Session{}, fmt.Errorf("threads: %s: short reply", op)
 	}
 	hist, err := decodeMessages(res[7:])
 	if err != nil {
@@ -287,10 +326,10 @@ func (s *RedisStore) read(ctx context.Context, op, id string, limit int) (Thread
 		return Thread{}, nil, ErrNotFound
 	}
 	if err != nil {
-		return Thread{}, nil, wrap(op, err)
+		return Thread{}, nil, wrap(ctx, op, err)
 	}
 	if len(res) < 5 {
-		return Thread{}, nil, wrap(op, errors.New("short reply"))
+		return Thread{}, nil, fmt.Errorf("threads: %s: short reply", op)
 	}
 	hist, err := decodeMessages(res[5:])
 	if err != nil {
@@ -349,7 +388,7 @@ func (s *RedisStore) write(ctx context.Context, op, id, video string, msgs []Mes
 		return false, ErrNotFound
 	}
 	if err != nil {
-		return false, wrap(op, err)
+		return false, wrap(ctx, op, err)
 	}
 	return len(res) > 0 && num(res[0]) == 1, nil
 }
@@ -383,7 +422,7 @@ func (s *RedisStore) Delete(ctx context.Context, threadID string) error {
 	}
 	n, err := deleteScript.Run(ctx, s.rdb, k.all(), rnd, k.ch, k.uh+k.ch).Int()
 	if err != nil {
-		return wrap("delete", err)
+		return wrap(ctx, "delete", err)
 	}
 	if n == 0 {
 		return ErrNotFound
@@ -413,7 +452,7 @@ func (s *RedisStore) ForgetUser(ctx context.Context, userID string) (int, error)
 	for range forgetPasses {
 		members, err := s.rdb.SMembers(ctx, base.user).Result()
 		if err != nil {
-			return total, wrap("forget user", err)
+			return total, wrap(ctx, "forget user", err)
 		}
 		var todo []string
 		for _, ch := range members {
@@ -438,7 +477,7 @@ func (s *RedisStore) ForgetUser(ctx context.Context, userID string) (int, error)
 			}
 			res, err := forgetScript.Run(ctx, s.rdb, keys, args...).Slice()
 			if err != nil {
-				return total, wrap("forget user", err)
+				return total, wrap(ctx, "forget user", err)
 			}
 			if len(res) > 0 {
 				total += int(num(res[0]))
@@ -448,7 +487,7 @@ func (s *RedisStore) ForgetUser(ctx context.Context, userID string) (int, error)
 			}
 		}
 	}
-	return total, wrap("forget user", errors.New("threads still being created after 8 rounds"))
+	return total, errors.New("threads: forget user: threads still being created after 8 rounds")
 }
 
 // Active implements Store: one pipeline of one ZCOUNT per bucket (1024),
@@ -465,7 +504,7 @@ func (s *RedisStore) Active(ctx context.Context, within time.Duration) (int, err
 		cmds[b] = pipe.ZCount(ctx, s.activeKey(b), from, "+inf")
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return 0, wrap("active", err)
+		return 0, wrap(ctx, "active", err)
 	}
 	n := 0
 	for _, c := range cmds {

@@ -3,12 +3,15 @@ package threads_test
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/internal/testutil"
 	"github.com/chatscale/chatscale/threads"
 	"github.com/chatscale/chatscale/threads/threadstest"
@@ -140,7 +143,7 @@ func TestRedisKeysShareOneHashTag(t *testing.T) {
 		t.Fatal("no keys under the prefix")
 	}
 	for _, k := range keys {
-		rest := strings.TrimPrefix(k, env.Prefix)
+		rest := strings.TrimPrefix(k, env.Prefix+"threads:")
 		if strings.Count(rest, "{") != 1 || strings.Count(rest, "}") != 1 || !strings.HasPrefix(rest, "{") {
 			t.Fatalf("key %q: want exactly one hash tag, right after the prefix", k)
 		}
@@ -157,13 +160,25 @@ func TestRedisOutageIsAnError(t *testing.T) {
 	}
 	env.Mini.SetError("LOADING Redis is loading the dataset in memory")
 	_, err = st.Open(ctx, threads.OpenRequest{UserID: "u", CourseID: "c"})
-	if err == nil || errors.Is(err, threads.ErrNotFound) || errors.Is(err, threads.ErrInvalid) {
-		t.Fatalf("Open during an outage = %v; want the Redis error", err)
+	if !errors.Is(err, threads.ErrUnavailable) || errors.Is(err, threads.ErrNotFound) || errors.Is(err, chatscale.ErrInvalidInput) {
+		t.Fatalf("Open during an outage = %v; want ErrUnavailable", err)
 	}
-	if err := st.Append(ctx, th.ID); err == nil || errors.Is(err, threads.ErrNotFound) {
-		t.Fatalf("Append during an outage = %v; want the Redis error", err)
+	if err := st.Append(ctx, th.ID); !errors.Is(err, threads.ErrUnavailable) {
+		t.Fatalf("Append during an outage = %v; want ErrUnavailable", err)
+	}
+	// An error reply that is not about availability (a script failing on
+	// bad data) is not ErrUnavailable: retrying will not help.
+	env.Mini.SetError("ERR something else")
+	if _, err := st.Get(ctx, th.ID); err == nil || errors.Is(err, threads.ErrUnavailable) {
+		t.Fatalf("Get on an ERR reply = %v; want an error that is not ErrUnavailable", err)
 	}
 	env.Mini.SetError("")
+	// A ctx that ended is ctx's error, not ErrUnavailable.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := st.Get(cctx, th.ID); !errors.Is(err, context.Canceled) || errors.Is(err, threads.ErrUnavailable) {
+		t.Fatalf("Get with a cancelled ctx = %v; want context.Canceled only", err)
+	}
 	if _, err := st.Get(ctx, th.ID); err != nil {
 		t.Fatalf("Get after the outage: %v", err)
 	}
@@ -188,11 +203,44 @@ func TestRedisSurvivesScriptFlush(t *testing.T) {
 func TestNewRedisRejectsBadConfig(t *testing.T) {
 	env := testutil.MiniredisEnv(t)
 	for _, p := range []string{"a{b", "a}b"} {
-		if _, err := threads.NewRedis(env.Client, threads.Config{Prefix: p}); !errors.Is(err, threads.ErrInvalid) {
-			t.Fatalf("NewRedis with prefix %q = %v; want ErrInvalid", p, err)
+		if _, err := threads.NewRedis(env.Client, threads.Config{Prefix: p}); !errors.Is(err, chatscale.ErrInvalidConfig) {
+			t.Fatalf("NewRedis with prefix %q = %v; want ErrInvalidConfig", p, err)
 		}
 	}
-	if _, err := threads.NewRedis(nil, threads.Config{}); !errors.Is(err, threads.ErrInvalid) {
-		t.Fatalf("NewRedis(nil) = %v; want ErrInvalid", err)
+	if _, err := threads.NewRedis(nil, threads.Config{}); !errors.Is(err, chatscale.ErrInvalidConfig) {
+		t.Fatalf("NewRedis(nil) = %v; want ErrInvalidConfig", err)
+	}
+}
+
+func TestRedisServerGoneIsUnavailable(t *testing.T) {
+	// A port nothing listens on: the dial fails at once.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer rdb.Close()
+	st := newRedis(t, rdb, threads.Config{})
+	_, err = st.Open(context.Background(), threads.OpenRequest{UserID: "u", CourseID: "c"})
+	if !errors.Is(err, threads.ErrUnavailable) {
+		t.Fatalf("Open with no server = %v; want ErrUnavailable", err)
+	}
+}
+
+func TestRedisDefaultPrefix(t *testing.T) {
+	ctx := context.Background()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	st := newRedis(t, rdb, threads.Config{})
+	if _, err := st.GetOrCreate(ctx, "u", "c"); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range mr.Keys() {
+		if !strings.HasPrefix(k, "chatscale:threads:{") {
+			t.Errorf("key %q does not start with chatscale:threads:{", k)
+		}
 	}
 }

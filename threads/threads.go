@@ -8,10 +8,12 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/chatscale/chatscale"
 )
 
-// Limits on the input a Store accepts. Longer values are rejected with an
-// error wrapping ErrInvalid.
+// Limits on the input a Store accepts. Longer values are rejected with a
+// *chatscale.InputError.
 const (
 	// MaxIDBytes bounds user, course and thread IDs, in bytes.
 	MaxIDBytes = 512
@@ -27,8 +29,6 @@ const (
 	DefaultTTL = 7 * 24 * time.Hour
 	// DefaultMaxMessages is the default Config.MaxMessages.
 	DefaultMaxMessages = 50
-	// DefaultPrefix is the default Config.Prefix.
-	DefaultPrefix = "chatscale:"
 	// DefaultMaxThreads is the default Config.MaxThreads. It is sized for
 	// the design target of a few thousand concurrent learners with a thread
 	// per course, plus the threads idle since: see Config.MaxThreads for
@@ -40,37 +40,31 @@ const (
 	DefaultSweepInterval = time.Minute
 )
 
-// ErrInvalid is wrapped by every error about bad input (see InvalidError).
-var ErrInvalid = errors.New("threads: invalid argument")
-
 // ErrNotFound is returned for a thread that does not exist, was deleted or
 // has expired.
 var ErrNotFound = errors.New("threads: thread not found")
 
+// ErrUnavailable is wrapped by the errors of a RedisStore call that Redis
+// did not answer: a connection, timeout or pool error, or a reply saying
+// the server cannot serve now (LOADING, READONLY, MASTERDOWN, CLUSTERDOWN,
+// TRYAGAIN, BUSY). The call may succeed later; whether a write that
+// failed this way was applied is unknown. A ctx that ended is returned as
+// ctx's error instead.
+var ErrUnavailable = errors.New("threads: store unavailable")
+
 // ErrClosed is returned by a MemoryStore after Close.
 var ErrClosed = errors.New("threads: store closed")
 
-// InvalidError describes bad input. errors.Is(err, ErrInvalid) reports true
-// for it.
-type InvalidError struct {
-	// Field names the argument or Config field at fault, e.g. "UserID".
-	Field string
-	// Reason says what is wrong with it, e.g. "empty".
-	Reason string
+// invalid returns the *chatscale.InputError for a bad argument.
+func invalid(field, reason string) error {
+	return &chatscale.InputError{Package: "threads", Field: field, Reason: reason}
 }
-
-// Error returns "threads: invalid <Field>: <Reason>".
-func (e *InvalidError) Error() string {
-	return "threads: invalid " + e.Field + ": " + e.Reason
-}
-
-// Is reports whether target is ErrInvalid.
-func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
 
 // Role says who wrote a message.
 type Role string
 
-// The roles a Message may have. Any other value is rejected with ErrInvalid.
+// The roles a Message may have. Any other value is rejected with a
+// *chatscale.InputError.
 const (
 	RoleSystem    Role = "system"
 	RoleUser      Role = "user"
@@ -148,8 +142,8 @@ type Session struct {
 // its recent messages.
 //
 // Every method validates its input first: empty IDs, IDs longer than
-// MaxIDBytes, invalid UTF-8 and unknown roles give an error wrapping
-// ErrInvalid (an *InvalidError). Methods taking a thread ID return
+// MaxIDBytes, invalid UTF-8 and unknown roles give a *chatscale.InputError
+// (errors.Is(err, chatscale.ErrInvalidInput)). Methods taking a thread ID return
 // ErrNotFound for a thread that does not exist, was deleted or has expired.
 // Writes (GetOrCreate, Open, TrackVideo, Append) slide the thread's TTL and
 // count as activity; reads (Get, History) do not. Implementations are safe
@@ -198,9 +192,9 @@ type Config struct {
 	// oldest beyond it. Zero means DefaultMaxMessages (50); negative keeps
 	// every message.
 	MaxMessages int
-	// Prefix starts every Redis key. Empty means DefaultPrefix
-	// ("chatscale:"). It must not contain '{' or '}'. The memory store
-	// ignores it.
+	// Prefix starts every Redis key, followed by "threads:". Empty means
+	// chatscale.DefaultPrefix ("chatscale:"). It must not contain '{' or
+	// '}'. The memory store ignores it.
 	Prefix string
 	// Now returns the current time. Nil means time.Now. The Redis store
 	// passes it to its scripts; key expiry itself runs on the server's clock.
@@ -218,7 +212,7 @@ type Config struct {
 	MaxThreads int
 	// Shards is the number of independently locked parts of the memory
 	// store. Zero means DefaultShards (32); negative is an error
-	// (NewMemory returns an *InvalidError). The Redis store ignores it.
+	// (NewMemory returns a *chatscale.ConfigError). The Redis store ignores it.
 	Shards int
 	// SweepInterval is how often the memory store's sweeper removes
 	// expired threads. Zero means DefaultSweepInterval (1 minute); negative
@@ -239,7 +233,7 @@ func (c Config) withDefaults() Config {
 		c.MaxMessages = DefaultMaxMessages
 	}
 	if c.Prefix == "" {
-		c.Prefix = DefaultPrefix
+		c.Prefix = chatscale.DefaultPrefix
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -262,11 +256,11 @@ func (c *Config) expires() bool { return c.TTL > 0 }
 func checkID(field, v string) error {
 	switch {
 	case v == "":
-		return &InvalidError{Field: field, Reason: "empty"}
+		return invalid(field, "empty")
 	case len(v) > MaxIDBytes:
-		return &InvalidError{Field: field, Reason: "longer than " + strconv.Itoa(MaxIDBytes) + " bytes"}
+		return invalid(field, "longer than "+strconv.Itoa(MaxIDBytes)+" bytes")
 	case !utf8.ValidString(v):
-		return &InvalidError{Field: field, Reason: "not valid UTF-8"}
+		return invalid(field, "not valid UTF-8")
 	}
 	return nil
 }
@@ -274,11 +268,11 @@ func checkID(field, v string) error {
 func checkVideo(v string, required bool) error {
 	switch {
 	case v == "" && required:
-		return &InvalidError{Field: "VideoURL", Reason: "empty"}
+		return invalid("VideoURL", "empty")
 	case len(v) > MaxVideoURLBytes:
-		return &InvalidError{Field: "VideoURL", Reason: "longer than " + strconv.Itoa(MaxVideoURLBytes) + " bytes"}
+		return invalid("VideoURL", "longer than "+strconv.Itoa(MaxVideoURLBytes)+" bytes")
 	case !utf8.ValidString(v):
-		return &InvalidError{Field: "VideoURL", Reason: "not valid UTF-8"}
+		return invalid("VideoURL", "not valid UTF-8")
 	}
 	return nil
 }
@@ -286,14 +280,14 @@ func checkVideo(v string, required bool) error {
 func checkMessages(msgs []Message) error {
 	for i := range msgs {
 		m := &msgs[i]
-		field := "Message[" + strconv.Itoa(i) + "]"
+		field := "Messages[" + strconv.Itoa(i) + "]"
 		switch {
 		case !m.Role.Valid():
-			return &InvalidError{Field: field + ".Role", Reason: "unknown role " + strconv.Quote(string(m.Role))}
+			return invalid(field+".Role", "unknown role "+strconv.Quote(string(m.Role)))
 		case len(m.Content) > MaxContentBytes:
-			return &InvalidError{Field: field + ".Content", Reason: "longer than " + strconv.Itoa(MaxContentBytes) + " bytes"}
+			return invalid(field+".Content", "longer than "+strconv.Itoa(MaxContentBytes)+" bytes")
 		case !utf8.ValidString(m.Content):
-			return &InvalidError{Field: field + ".Content", Reason: "not valid UTF-8"}
+			return invalid(field+".Content", "not valid UTF-8")
 		}
 	}
 	return nil
@@ -301,7 +295,7 @@ func checkMessages(msgs []Message) error {
 
 func checkWithin(within time.Duration) error {
 	if within <= 0 {
-		return &InvalidError{Field: "Within", Reason: "not positive"}
+		return invalid("Within", "not positive")
 	}
 	return nil
 }

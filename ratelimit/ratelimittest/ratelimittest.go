@@ -17,11 +17,13 @@ package ratelimittest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/ratelimit"
 )
 
@@ -30,8 +32,8 @@ import (
 type NewLimiter func(t *testing.T, l ratelimit.Limit) ratelimit.Limiter
 
 // Run checks that the limiters newLimiter makes honour the Limiter
-// contract: bursts and remainders, independent keys, typed errors for bad
-// input, Adjust in both directions, Wait's deadline rule, exact counts
+// contract: bursts and remainders, independent keys, a
+// *chatscale.InputError (Field "Key" or "N") for bad input, Adjust in both directions, Wait's deadline rule, exact counts
 // under concurrency, and AllowAll's all-or-nothing spend.
 func Run(t *testing.T, newLimiter NewLimiter) {
 	t.Run("Burst", func(t *testing.T) { testBurst(t, newLimiter) })
@@ -105,21 +107,28 @@ func testInvalid(t *testing.T, newLimiter NewLimiter) {
 	lim := newLimiter(t, ratelimit.PerHour(10))
 	ctx := context.Background()
 	for _, c := range []struct {
-		key string
-		n   int
-	}{{"", 1}, {"k", 0}, {"k", -1}, {"k", 11}} {
-		if _, err := lim.Allow(ctx, c.key, c.n); !errors.Is(err, ratelimit.ErrInvalid) {
-			t.Errorf("Allow(%q, %d) = %v, want ErrInvalid", c.key, c.n, err)
-		}
-		if err := lim.Wait(ctx, c.key, c.n); !errors.Is(err, ratelimit.ErrInvalid) {
-			t.Errorf("Wait(%q, %d) = %v, want ErrInvalid", c.key, c.n, err)
-		}
+		key   string
+		n     int
+		field string
+	}{{"", 1, "Key"}, {"k", 0, "N"}, {"k", -1, "N"}, {"k", 11, "N"}} {
+		_, err := lim.Allow(ctx, c.key, c.n)
+		checkInputError(t, fmt.Sprintf("Allow(%q, %d)", c.key, c.n), err, c.field)
+		err = lim.Wait(ctx, c.key, c.n)
+		checkInputError(t, fmt.Sprintf("Wait(%q, %d)", c.key, c.n), err, c.field)
 	}
-	if err := lim.Adjust(ctx, "", 1); !errors.Is(err, ratelimit.ErrInvalid) {
-		t.Errorf("Adjust(\"\", 1) = %v, want ErrInvalid", err)
-	}
+	checkInputError(t, `Adjust("", 1)`, lim.Adjust(ctx, "", 1), "Key")
 	if d, _ := lim.Allow(ctx, "k", 10); !d.Allowed {
 		t.Error("bad calls spent budget")
+	}
+}
+
+// checkInputError checks that err is a *chatscale.InputError about field,
+// matching chatscale.ErrInvalidInput.
+func checkInputError(t *testing.T, call string, err error, field string) {
+	t.Helper()
+	var ie *chatscale.InputError
+	if !errors.As(err, &ie) || !errors.Is(err, chatscale.ErrInvalidInput) || ie.Field != field || ie.Reason == "" {
+		t.Errorf("%s = %v, want a *chatscale.InputError for %s", call, err, field)
 	}
 }
 

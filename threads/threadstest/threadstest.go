@@ -31,6 +31,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/threads"
 )
 
@@ -224,9 +225,9 @@ func wantNotFound(t *testing.T, what string, err error) {
 
 func wantInvalid(t *testing.T, what string, err error) {
 	t.Helper()
-	var ie *threads.InvalidError
-	if !errors.Is(err, threads.ErrInvalid) || !errors.As(err, &ie) || ie.Field == "" {
-		t.Fatalf("%s: err = %v; want an *InvalidError wrapping ErrInvalid", what, err)
+	var ie *chatscale.InputError
+	if !errors.Is(err, chatscale.ErrInvalidInput) || !errors.As(err, &ie) || ie.Field == "" {
+		t.Fatalf("%s: err = %v; want a *chatscale.InputError", what, err)
 	}
 }
 
