@@ -22,6 +22,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/chatscale/chatscale"
+	"github.com/chatscale/chatscale/internal/prom"
 	"github.com/chatscale/chatscale/internal/timeutil"
 )
 
@@ -33,6 +35,9 @@ var (
 	//go:embed fill.lua
 	fillSrc string
 	fill    = redis.NewScript(fillSrc)
+
+	// scripts are the scripts LoadScripts loads.
+	scripts = []*redis.Script{getOrLock, fill}
 )
 
 // Polling bounds of a wait for another instance's load.
@@ -48,7 +53,7 @@ const subscribeTimeout = 5 * time.Second
 // Source, in that order. See the package documentation for how the tiers
 // work together. Create one with New. A Cache is safe for concurrent use.
 //
-// New starts no goroutine that outlives it. Start starts the invalidation
+// New does no I/O and starts no goroutine. Start starts the invalidation
 // subscriber; Get runs each shared load in a goroutine of its own. Close
 // stops them.
 type Cache struct {
@@ -71,8 +76,11 @@ type Cache struct {
 	seed   maphash.Seed
 	st     counters
 
+	// keyPrefix is Config.Prefix + "contextcache:": it starts every key
+	// and the channel.
+	keyPrefix string
 	channel   string
-	collector *collector
+	metrics   *prom.Registration
 
 	base   context.Context // canceled by Close; loads run under it
 	cancel context.CancelFunc
@@ -113,26 +121,30 @@ type counters struct {
 	invalidations, invalidationsReceived, corruptL2   atomic.Uint64
 }
 
-// New returns a Cache in front of src. It returns an error wrapping
-// ErrInvalidConfig for a nil src or impossible Config values, and the
-// Registerer's error when it refuses the collector.
+// New returns a Cache in front of src. It does no I/O and starts no
+// goroutine. It returns a *chatscale.ConfigError (matching
+// chatscale.ErrInvalidConfig) for a nil src (Field "src") or an impossible
+// Config value (Field "Config.L1TTL", "Config.Prefix", ...), and the
+// Registerer's error when it refuses the metrics, in which case none is
+// left registered.
 func New(src Source, cfg Config) (*Cache, error) {
 	if src == nil {
-		return nil, fmt.Errorf("%w: nil Source", ErrInvalidConfig)
+		return nil, &chatscale.ConfigError{Package: pkg, Field: "src", Reason: "nil"}
 	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	c := &Cache{
-		src:     src,
-		cfg:     cfg,
-		log:     cfg.Logger,
-		rdb:     cfg.Redis,
-		sleep:   timeutil.Sleep,
-		seed:    maphash.MakeSeed(),
-		channel: cfg.Prefix + "invalidate",
+		src:       src,
+		cfg:       cfg,
+		log:       cfg.Logger,
+		rdb:       cfg.Redis,
+		sleep:     timeutil.Sleep,
+		seed:      maphash.MakeSeed(),
+		keyPrefix: cfg.Prefix + keyPart,
 	}
+	c.channel = c.keyPrefix + "invalidate"
 	c.base, c.cancel = context.WithCancel(context.Background())
 	c.l1, err = otter.New(&otter.Options[key, *entry]{
 		MaximumWeight: uint64(cfg.L1MaxBytes),
@@ -167,11 +179,11 @@ func New(src Source, cfg Config) (*Cache, error) {
 		}
 	}
 	if cfg.Registerer != nil {
-		c.collector = newCollector(c)
-		if err := cfg.Registerer.Register(c.collector); err != nil {
+		o := prom.Opts{Registerer: cfg.Registerer, Namespace: cfg.Namespace, ConstLabels: cfg.ConstLabels}
+		if c.metrics, err = prom.Register(pkg, cfg.Registerer, newCollector(c, o)); err != nil {
 			c.cancel()
 			c.stopL1()
-			return nil, fmt.Errorf("contextcache: registering metrics: %w", err)
+			return nil, err
 		}
 	}
 	return c, nil
@@ -183,11 +195,14 @@ func New(src Source, cfg Config) (*Cache, error) {
 // callers in this process share one load, which reads L2, or takes the
 // cluster lock and calls the Source, or waits for the instance holding the
 // lock. Get returns an error wrapping ErrNotFound when the Source has no
-// transcript (remembered for NegativeTTL), a *KeyError for IDs that cannot
-// name one, and a *LoadError when the Source failed and no copy is at
-// hand; when an expired copy is at hand it is returned with Stale set
+// transcript (remembered for NegativeTTL), a *chatscale.InputError (Field
+// "CourseID" or "VideoURL") for IDs that cannot name one, the Source's
+// error wrapping chatscale.ErrInvalidInput when it refuses them, and a
+// *LoadError, matching ErrUnavailable, when the Source failed and no copy
+// is at hand; when an expired copy is at hand it is returned with Stale set
 // instead. For RetrySourceAfter after such a failure, misses of the same
-// transcript get that answer without calling the Source. When ctx ends
+// transcript get that answer without calling the Source. A Redis failure
+// does not fail a Get: it goes to the Source. When ctx ends
 // first, Get returns ctx.Err() and the shared load goes on for the other
 // callers. After Close, misses return ErrClosed.
 // Get is safe for concurrent use.
@@ -265,7 +280,7 @@ func (c *Cache) load(k key) (Result, error) {
 			})
 		}
 		return Result{}, err
-	case errors.Is(err, ErrInvalidKey):
+	case errors.Is(err, chatscale.ErrInvalidInput):
 		return Result{}, err
 	case c.base.Err() != nil:
 		return Result{}, ErrClosed
@@ -477,7 +492,7 @@ func (c *Cache) loadSource(k key) (Document, error) {
 		switch {
 		case errors.Is(err, ErrNotFound):
 			c.st.notFound.Add(1)
-		case errors.Is(err, ErrInvalidKey):
+		case errors.Is(err, chatscale.ErrInvalidInput):
 		default:
 			c.st.loadErrors.Add(1)
 			if c.base.Err() == nil {
@@ -495,8 +510,9 @@ func (c *Cache) loadSource(k key) (Document, error) {
 // instance's L1 and from L2, and tells every started instance to drop its
 // L1 copy. Instances that miss the message converge within L1TTL. A Get
 // that starts after Invalidate returns does not see the old copy on this
-// instance. Invalidate returns a *KeyError for bad IDs and an error
-// wrapping ErrRedis when Redis fails (the local copy is dropped anyway).
+// instance. Invalidate returns a *chatscale.InputError for bad IDs, an
+// error wrapping ErrUnavailable when Redis fails (the local copy is
+// dropped anyway) and ctx's error when ctx ends first.
 func (c *Cache) Invalidate(ctx context.Context, courseID, videoURL string) error {
 	if err := checkKey(courseID, videoURL); err != nil {
 		return err
@@ -509,12 +525,10 @@ func (c *Cache) Invalidate(ctx context.Context, courseID, videoURL string) error
 	}
 	vk, _ := c.redisKeys(k)
 	if err := c.rdb.Del(ctx, vk).Err(); err != nil {
-		c.redisFailed("invalidate", err)
-		return fmt.Errorf("%w: invalidate: %w", ErrRedis, err)
+		return c.redisError(ctx, "invalidate", err)
 	}
 	if err := c.rdb.Publish(ctx, c.channel, encodeInvalidation(k)).Err(); err != nil {
-		c.redisFailed("publish invalidation", err)
-		return fmt.Errorf("%w: publish invalidation: %w", ErrRedis, err)
+		return c.redisError(ctx, "publish invalidation", err)
 	}
 	return nil
 }
@@ -532,10 +546,10 @@ func (c *Cache) drop(k key) {
 // instances and starts the goroutine that applies them; Close stops it.
 // Without Start, copies dropped elsewhere live here until L1TTL ends.
 // Start waits for Redis to confirm the subscription; if that fails it
-// returns an error wrapping ErrRedis, and the subscriber keeps retrying in
-// the background (go-redis resubscribes after every reconnection). Start
-// does nothing without Redis or when already started, and returns
-// ErrClosed after Close.
+// returns an error wrapping ErrUnavailable (ctx's error when ctx ended
+// first), and the subscriber keeps retrying in the background (go-redis
+// resubscribes after every reconnection). Start does nothing without Redis
+// or when already started, and returns ErrClosed after Close.
 func (c *Cache) Start(ctx context.Context) error {
 	if c.rdb == nil {
 		return nil
@@ -557,10 +571,64 @@ func (c *Cache) Start(ctx context.Context) error {
 	c.wg.Add(1)
 	go c.listen(msgs)
 	if err != nil {
-		c.redisFailed("subscribe", err)
-		return fmt.Errorf("%w: subscribe %s (retrying in the background): %w", ErrRedis, c.channel, err)
+		return c.redisError(ctx, "subscribe "+c.channel+" (retrying in the background)", err)
 	}
 	return nil
+}
+
+// LoadScripts loads the Cache's Lua scripts into the script cache of every
+// server the client reaches: every node of a Cluster (go-redis sends SCRIPT
+// LOAD to every master and replica), every shard of a Ring, the master of
+// a Sentinel failover client. Calling it at startup is optional: without
+// it, the first run of each script on each server costs one more round
+// trip (EVALSHA answered NOSCRIPT, then EVAL), after a restart or a
+// failover too. It does nothing without Redis. It returns an error
+// wrapping ErrUnavailable when a server fails, ctx's error when ctx ends
+// first, and ErrClosed after Close.
+func (c *Cache) LoadScripts(ctx context.Context) error {
+	if c.rdb == nil {
+		return nil
+	}
+	c.mu.RLock()
+	closed := c.closed
+	c.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	load := func(ctx context.Context, s redis.Scripter) error {
+		for _, sc := range scripts {
+			if err := sc.Load(ctx, s).Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var err error
+	switch rdb := c.rdb.(type) {
+	case *redis.Ring:
+		// A Ring sends a keyless command to one shard only.
+		err = rdb.ForEachShard(ctx, func(ctx context.Context, shard *redis.Client) error {
+			return load(ctx, shard)
+		})
+	default:
+		// ClusterClient.ScriptLoad runs on every shard itself.
+		err = load(ctx, rdb)
+	}
+	if err != nil {
+		return c.redisError(ctx, "loading scripts", err)
+	}
+	return nil
+}
+
+// redisError counts and logs a failed Redis call of a method and returns
+// its error: ctx's error, wrapped, when ctx ended; else an error wrapping
+// ErrUnavailable and err.
+func (c *Cache) redisError(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("contextcache: %s: %w", op, ctx.Err())
+	}
+	c.redisFailed(op, err)
+	return fmt.Errorf("contextcache: %s: %w: %w", op, ErrUnavailable, err)
 }
 
 func (c *Cache) listen(msgs <-chan *redis.Message) {
@@ -597,9 +665,7 @@ func (c *Cache) Close() error {
 	c.cancel()
 	c.wg.Wait()
 	c.stopL1()
-	if c.collector != nil {
-		c.cfg.Registerer.Unregister(c.collector)
-	}
+	c.metrics.Unregister()
 	return nil
 }
 
@@ -632,8 +698,8 @@ type Stats struct {
 	// Misses counts Gets that found no fresh L1 copy.
 	Misses uint64
 	// Loads counts calls of Source.Load; LoadErrors those that failed with
-	// an error other than not found or invalid key; NotFound those that
-	// answered ErrNotFound.
+	// an error other than ErrNotFound or chatscale.ErrInvalidInput;
+	// NotFound those that answered ErrNotFound.
 	Loads, LoadErrors, NotFound uint64
 	// StaleServes counts stale copies served because the Source failed.
 	StaleServes uint64
@@ -701,7 +767,7 @@ func (c *Cache) redisKeys(k key) (value, lock string) {
 	h.Write([]byte(k.course))
 	h.Write([]byte(k.video))
 	sum := h.Sum(nil)
-	base := c.cfg.Prefix + "{" + hex.EncodeToString(sum[:16]) + "}:"
+	base := c.keyPrefix + "{" + hex.EncodeToString(sum[:16]) + "}:"
 	return base + "doc", base + "lock"
 }
 

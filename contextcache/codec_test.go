@@ -1,6 +1,7 @@
 package contextcache
 
 import (
+	"context"
 	"math"
 	"reflect"
 	"strings"
@@ -21,6 +22,7 @@ func sampleDoc(textLen int) Document {
 }
 
 func TestCodecRoundTrip(t *testing.T) {
+	t.Parallel()
 	for _, n := range []int{0, 100, 50_000} {
 		d := sampleDoc(n)
 		v := encodeDocument(&d, DefaultCompressAbove)
@@ -54,6 +56,7 @@ func TestCodecRoundTrip(t *testing.T) {
 }
 
 func TestCodecRejectsOtherKeyAndDamage(t *testing.T) {
+	t.Parallel()
 	d := sampleDoc(100)
 	v := encodeDocument(&d, -1)
 	if _, _, err := decode(string(v), "c1", "https://v/2"); err != errCorrupt {
@@ -91,6 +94,7 @@ func FuzzDecode(f *testing.F) {
 }
 
 func TestInvalidationMessageRoundTrip(t *testing.T) {
+	t.Parallel()
 	for _, k := range []key{{"c", "v"}, {"a:{b}", "https://x/y?z=1"}, {strings.Repeat("c", 300), "v"}} {
 		got, ok := decodeInvalidation(string(encodeInvalidation(k)))
 		if !ok || got != k {
@@ -105,12 +109,19 @@ func TestInvalidationMessageRoundTrip(t *testing.T) {
 }
 
 func TestRedisKeysShareHashTagAndDifferPerVideo(t *testing.T) {
-	c := &Cache{cfg: Config{Prefix: "p:"}}
+	t.Parallel()
+	c, err := New(SourceFunc(func(context.Context, string, string) (Document, error) { return Document{}, nil }),
+		Config{Prefix: "p:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	v1, l1 := c.redisKeys(key{"c", "v1"})
 	v2, _ := c.redisKeys(key{"c", "v2"})
 	tag := func(s string) string { return s[strings.Index(s, "{") : strings.Index(s, "}")+1] }
-	if !strings.HasPrefix(v1, "p:{") || tag(v1) != tag(l1) || v1 == l1 {
-		t.Fatalf("value %q and lock %q: want prefix p: and one hash tag", v1, l1)
+	if !strings.HasPrefix(v1, "p:contextcache:{") || !strings.HasSuffix(v1, "}:doc") || !strings.HasSuffix(l1, "}:lock") ||
+		tag(v1) != tag(l1) || v1 == l1 {
+		t.Fatalf("value %q and lock %q: want p:contextcache:{tag}:doc and :lock, one hash tag", v1, l1)
 	}
 	if tag(v1) == tag(v2) {
 		t.Fatalf("two videos share hash tag %s", tag(v1))
@@ -124,6 +135,7 @@ func TestRedisKeysShareHashTagAndDifferPerVideo(t *testing.T) {
 }
 
 func TestFreshnessPrefix(t *testing.T) {
+	t.Parallel()
 	for _, ms := range []int64{0, 1, 1_772_000_000_123, math.MaxInt64 / int64(time.Millisecond)} {
 		v := withFreshness(ms, []byte("body"))
 		if len(v) != freshLen+4 {

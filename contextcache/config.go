@@ -1,13 +1,14 @@
 package contextcache
 
 import (
-	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/chatscale/chatscale"
+	"github.com/chatscale/chatscale/internal/keyspace"
 )
 
 // Config tunes a Cache. The zero value is usable: an L1-only cache with
@@ -24,14 +25,18 @@ type Config struct {
 	L1MaxBytes int64
 
 	// Redis is the L2 shared by every instance, and carries the load lock
-	// and the invalidation messages. Nil means no L2: each instance loads
-	// for itself and Invalidate acts on this instance only. The Cache does
-	// not close the client; callers do, after Close. Calls are bounded by
-	// the client's own timeouts (go-redis: DialTimeout, ReadTimeout,
-	// WriteTimeout).
+	// and the invalidation messages: a *redis.Client, *redis.ClusterClient,
+	// Sentinel failover client or *redis.Ring. Nil means no L2: each
+	// instance loads for itself and Invalidate acts on this instance only.
+	// The Cache does not close the client; callers do, after Close. Calls
+	// are bounded by the client's own timeouts (go-redis: DialTimeout,
+	// ReadTimeout, WriteTimeout).
 	Redis redis.UniversalClient
-	// Prefix starts every Redis key and the invalidation channel.
-	// Default: "contextcache:" (empty). It must not contain '{' or '}':
+	// Prefix starts every Redis key and the invalidation channel; the
+	// package adds "contextcache:" after it, so that one Prefix can serve
+	// every component of an application. Default: chatscale.DefaultPrefix,
+	// "chatscale:" (empty), which gives keys such as
+	// "chatscale:contextcache:{…}:doc". It must not contain '{' or '}':
 	// each transcript's keys carry their own hash tag.
 	Prefix string
 	// L2TTL is how long a copy in Redis is fresh; Redis keeps it MaxStale
@@ -72,7 +77,7 @@ type Config struct {
 	// disables stale-if-error.
 	MaxStale time.Duration
 	// RetrySourceAfter is how long after a Source failure for a transcript
-	// (not ErrNotFound, not an invalid key) this instance calls the Source
+	// (not ErrNotFound, not chatscale.ErrInvalidInput) this instance calls the Source
 	// again for it. Until then a miss of that transcript is answered at
 	// once, without calling the Source: by the stale copy as after the
 	// failure (Result.LoadErr is the last error), or by a *LoadError when
@@ -86,12 +91,19 @@ type Config struct {
 
 	// Now returns the current time. Nil means time.Now.
 	Now func() time.Time
-	// Registerer receives the Cache's Prometheus collector (metric names
-	// start with contextcache_). Nil means no metrics. Two caches on one
-	// registry need prometheus.WrapRegistererWith to tell them apart.
+	// Registerer receives the Cache's Prometheus collector, registered by
+	// New (all or nothing) and unregistered by Close. Nil means no
+	// metrics; the global registry is never used unless passed here.
 	Registerer prometheus.Registerer
+	// Namespace starts every metric name: <Namespace>_contextcache_<name>,
+	// as in ai_chat_contextcache_hits_total. Default:
+	// chatscale.DefaultNamespace, "ai_chat" (empty).
+	Namespace string
+	// ConstLabels are added to every series. Two Caches can share a
+	// Registerer when their ConstLabels differ.
+	ConstLabels prometheus.Labels
 	// Logger receives warnings about Redis and Source failures. Nil means
-	// discard.
+	// discard. It never receives a transcript's text.
 	Logger *slog.Logger
 }
 
@@ -99,7 +111,6 @@ type Config struct {
 const (
 	DefaultL1TTL         = 5 * time.Minute
 	DefaultL1MaxBytes    = 64 << 20
-	DefaultPrefix        = "contextcache:"
 	DefaultL2TTL         = time.Hour
 	DefaultCompressAbove = 1024
 	DefaultLockTTL       = 10 * time.Second
@@ -111,12 +122,28 @@ const (
 	DefaultRetrySourceAfter = 5 * time.Second
 )
 
+// keyPart is what the package adds after Config.Prefix in every key and
+// channel name.
+const keyPart = "contextcache:"
+
+// withDefaults returns c with its defaults filled, or a
+// *chatscale.ConfigError for the first impossible field.
 func (c Config) withDefaults() (Config, error) {
-	if c.L1TTL < 0 || c.L1MaxBytes < 0 || c.L2TTL < 0 || c.LockTTL < 0 {
-		return c, fmt.Errorf("%w: negative L1TTL, L1MaxBytes, L2TTL or LockTTL", ErrInvalidConfig)
+	for _, f := range []struct {
+		name     string
+		negative bool
+	}{
+		{"Config.L1TTL", c.L1TTL < 0},
+		{"Config.L1MaxBytes", c.L1MaxBytes < 0},
+		{"Config.L2TTL", c.L2TTL < 0},
+		{"Config.LockTTL", c.LockTTL < 0},
+	} {
+		if f.negative {
+			return c, &chatscale.ConfigError{Package: pkg, Field: f.name, Reason: "negative"}
+		}
 	}
-	if strings.ContainsAny(c.Prefix, "{}") {
-		return c, fmt.Errorf("%w: Prefix contains a hash-tag brace", ErrInvalidConfig)
+	if err := keyspace.Check(pkg, "Config.Prefix", c.Prefix); err != nil {
+		return c, err
 	}
 	set := func(v *time.Duration, d time.Duration) {
 		if *v == 0 {
@@ -136,7 +163,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.L1MaxBytes = DefaultL1MaxBytes
 	}
 	if c.Prefix == "" {
-		c.Prefix = DefaultPrefix
+		c.Prefix = chatscale.DefaultPrefix
 	}
 	if c.CompressAbove == 0 {
 		c.CompressAbove = DefaultCompressAbove

@@ -9,7 +9,9 @@
 //     is returned without I/O or allocation.
 //  2. L2, in Redis (optional): a compact, possibly compressed copy shared by
 //     every instance, fresh for an hour plus jitter.
-//  3. The [Source] (for example [MongoSource]).
+//  3. The [Source]: for MongoDB, the package
+//     github.com/chatscale/chatscale/contextcache/mongosource, kept apart
+//     so that a program that does not use it does not link the driver.
 //
 // Concurrent misses for one transcript share one load in a process
 // (singleflight). Across instances, a short Redis lock taken in the same
@@ -25,22 +27,43 @@
 // served with [Result.Stale] set (stale-if-error): this instance's L1 copy,
 // or else the L2 copy, which Redis keeps that much longer than its
 // freshness, so that an instance started during a MongoDB outage can serve
-// it too. Without such a copy the error is a [*LoadError]. For a few
-// seconds after such a failure (Config.RetrySourceAfter), misses of that
-// transcript get the same kind of answer at once without calling the
-// Source, so that during a MongoDB outage turns neither wait for the
-// driver's timeout one after another nor retry the Source all together.
+// it too. Without such a copy the error is a [*LoadError], which matches
+// [ErrUnavailable]. For a few seconds after such a failure
+// (Config.RetrySourceAfter), misses of that transcript get the same kind of
+// answer at once without calling the Source, so that during a MongoDB
+// outage turns neither wait for the driver's timeout one after another nor
+// retry the Source all together.
 //
 // [Cache.Invalidate] deletes the L2 copy and tells every instance, through
 // Redis pub/sub, to drop its L1 copy; an instance that misses the message
 // converges when its L1 copy's TTL ends.
 //
-// Lifecycle: New (no goroutine), Start to receive other instances'
-// invalidations (with Redis), Close to stop the subscriber and the running
-// loads. The Redis client and the MongoDB client belong to the caller.
+// Lifecycle: New (no I/O, no goroutine), [Cache.LoadScripts] to warm the
+// script cache of every Redis server, [Cache.Start] to receive other
+// instances' invalidations (with Redis), [Cache.Close] to stop the
+// subscriber and the running loads and unregister the metrics. The Redis
+// client and the MongoDB client belong to the caller.
 //
-// Keys in Redis are Prefix + "{" + hash of (course, video) + "}:" + kind,
-// so that the value and its lock share a hash slot on Redis Cluster.
+// Errors follow the library's conventions (see package
+// github.com/chatscale/chatscale): New returns a *chatscale.ConfigError
+// (errors.Is(err, chatscale.ErrInvalidConfig)) for an impossible Config or a
+// nil Source; Get and Invalidate return a *chatscale.InputError
+// (errors.Is(err, chatscale.ErrInvalidInput)) with Field "CourseID" or
+// "VideoURL" for IDs that cannot name a transcript; [ErrUnavailable] means
+// a dependency failed and the call could not be answered (the Source with
+// no copy at hand, or Redis in Invalidate, Start and LoadScripts);
+// [ErrNotFound] and [ErrClosed] keep their usual meaning. A ctx that ends is
+// returned as ctx's error.
+//
+// Keys in Redis are Config.Prefix (default "chatscale:") + "contextcache:{"
+// + hash of (course, video) + "}:" + "doc" for the value or "lock" for the
+// load lock, so that the value and its lock share a hash slot on Redis
+// Cluster; the invalidation channel is Config.Prefix +
+// "contextcache:invalidate".
+//
+// Metrics, when Config.Registerer is set, are named
+// <Namespace>_contextcache_<name> (Namespace defaults to "ai_chat"), e.g.
+// ai_chat_contextcache_hits_total{tier="l1"}, and carry Config.ConstLabels.
 package contextcache
 
 import (
@@ -48,7 +71,8 @@ import (
 	"errors"
 	"strconv"
 	"time"
-	"unicode/utf8"
+
+	"github.com/chatscale/chatscale/contextcache/internal/ids"
 )
 
 // Document is one video's transcript.
@@ -80,9 +104,10 @@ type Segment struct {
 type Source interface {
 	// Load returns the transcript of videoURL in courseID, an error
 	// wrapping ErrNotFound when there is none, or an error wrapping
-	// ErrInvalidKey when the IDs cannot name a transcript. Any other
-	// error is treated as a failure of the Source. Load must be safe for
-	// concurrent use.
+	// chatscale.ErrInvalidInput (a *chatscale.InputError, for instance)
+	// when the IDs cannot name a transcript. Any other error is treated as
+	// a failure of the Source. The Cache checks the IDs (see MaxKeyLen)
+	// before it calls Load. Load must be safe for concurrent use.
 	Load(ctx context.Context, courseID, videoURL string) (Document, error)
 }
 
@@ -94,48 +119,22 @@ func (f SourceFunc) Load(ctx context.Context, courseID, videoURL string) (Docume
 	return f(ctx, courseID, videoURL)
 }
 
-var (
-	_ Source = SourceFunc(nil)
-	_ Source = (*MongoSource)(nil)
-)
+var _ Source = SourceFunc(nil)
 
-// Errors returned by this package. Callers compare with errors.Is.
+// Errors returned by this package. Callers compare with errors.Is. Bad
+// Config values and bad IDs are reported with the library's shared errors,
+// chatscale.ErrInvalidConfig and chatscale.ErrInvalidInput.
 var (
 	// ErrNotFound means the Source has no transcript for the video.
 	ErrNotFound = errors.New("contextcache: transcript not found")
-	// ErrInvalidKey means a course ID or video URL cannot name a
-	// transcript; the error is a *KeyError.
-	ErrInvalidKey = errors.New("contextcache: invalid key")
-	// ErrUnavailable means the Source failed and no copy, fresh or stale,
-	// was at hand; the error is a *LoadError.
-	ErrUnavailable = errors.New("contextcache: transcript unavailable")
-	// ErrRedis means a Redis call failed.
-	ErrRedis = errors.New("contextcache: redis")
+	// ErrUnavailable means a dependency failed and the call could not be
+	// answered; it may succeed later. From Get it is a *LoadError: the
+	// Source failed and no copy, fresh or stale, was at hand. From
+	// Invalidate, Start and LoadScripts it wraps the Redis error.
+	ErrUnavailable = errors.New("contextcache: unavailable")
 	// ErrClosed means the Cache was closed.
 	ErrClosed = errors.New("contextcache: cache closed")
-	// ErrInvalidConfig is wrapped by the errors New and NewMongo return
-	// for impossible arguments or Config values.
-	ErrInvalidConfig = errors.New("contextcache: invalid config")
 )
-
-// KeyError reports a course ID or video URL that cannot name a transcript.
-// It matches ErrInvalidKey with errors.Is.
-type KeyError struct {
-	// Field is "courseID" or "videoURL".
-	Field string
-	// Value is the offending value, cut to 64 bytes.
-	Value string
-	// Reason says what is wrong with it.
-	Reason string
-}
-
-// Error implements error.
-func (e *KeyError) Error() string {
-	return "contextcache: invalid " + e.Field + " " + strconv.Quote(e.Value) + ": " + e.Reason
-}
-
-// Is reports whether target is ErrInvalidKey.
-func (e *KeyError) Is(target error) bool { return target == ErrInvalidKey }
 
 // LoadError reports that the Source failed and no copy could be served
 // instead. It matches ErrUnavailable with errors.Is and unwraps to the
@@ -162,38 +161,16 @@ func (e *LoadError) Unwrap() error { return e.Err }
 // MaxKeyLen is the longest course ID or video URL accepted, in bytes.
 const MaxKeyLen = 2048
 
-func checkKey(courseID, videoURL string) error {
-	if err := checkID("courseID", courseID); err != nil {
-		return err
-	}
-	return checkID("videoURL", videoURL)
-}
+// The check the Cache and its Sources share must agree with MaxKeyLen.
+const _, _ uint = MaxKeyLen - ids.MaxLen, ids.MaxLen - MaxKeyLen
 
-func checkID(field, v string) error {
-	reason := ""
-	switch {
-	case v == "":
-		reason = "empty"
-	case len(v) > MaxKeyLen:
-		reason = "longer than " + strconv.Itoa(MaxKeyLen) + " bytes"
-	case !utf8.ValidString(v):
-		reason = "not valid UTF-8"
-	default:
-		for i := 0; i < len(v); i++ {
-			if v[i] < 0x20 || v[i] == 0x7f {
-				reason = "contains a control character"
-				break
-			}
-		}
-	}
-	if reason == "" {
-		return nil
-	}
-	if len(v) > 64 {
-		v = v[:64]
-	}
-	return &KeyError{Field: field, Value: v, Reason: reason}
-}
+// pkg is the Package of this package's *chatscale.ConfigError and
+// *chatscale.InputError values.
+const pkg = "contextcache"
+
+// checkKey returns a *chatscale.InputError when courseID or videoURL
+// cannot name a transcript.
+func checkKey(courseID, videoURL string) error { return ids.Check(pkg, courseID, videoURL) }
 
 // Tier says where a Result came from.
 type Tier uint8

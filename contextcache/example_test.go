@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
 
-	"go.mongodb.org/mongo-driver/v2/mongo"
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/chatscale/chatscale/contextcache"
 )
@@ -39,33 +43,65 @@ func ExampleCache_Get() {
 	// loads: 2 l1 hits: 1
 }
 
-// This example wires a MongoSource and a Redis L2 together. It is not run:
-// it needs a MongoDB and a Redis.
-func ExampleNewMongo() {
-	ctx := context.Background()
-	client, err := mongo.Connect(contextcache.ClientOptions("mongodb://127.0.0.1:27017"))
+// This example runs two instances of an application against one Redis
+// (miniredis here): the second finds in L2 what the first loaded, and an
+// invalidation from either drops both copies. For MongoDB, use the Source
+// of package github.com/chatscale/chatscale/contextcache/mongosource.
+func ExampleNew_redis() {
+	mr, err := miniredis.Run()
 	if err != nil {
 		panic(err)
 	}
-	defer func() { _ = client.Disconnect(ctx) }()
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close() // after the caches: they do not close it
 
-	src, err := contextcache.NewMongo(client.Database("lms").Collection("transcripts"), contextcache.MongoConfig{})
-	if err != nil {
-		panic(err)
-	}
-	if err := src.EnsureIndexes(ctx); err != nil {
-		panic(err)
-	}
-	cache, err := contextcache.New(src, contextcache.Config{
-		// Redis: rdb, // a redis.UniversalClient shared by every instance
+	var loads atomic.Int64
+	src := contextcache.SourceFunc(func(ctx context.Context, courseID, videoURL string) (contextcache.Document, error) {
+		loads.Add(1)
+		return contextcache.Document{Title: "Introduction", Text: "Welcome to the course."}, nil
 	})
-	if err != nil {
+	ctx := context.Background()
+	var instances []*contextcache.Cache
+	for range 2 {
+		c, err := contextcache.New(src, contextcache.Config{Redis: rdb, Prefix: "lms:"})
+		if err != nil {
+			panic(err)
+		}
+		defer c.Close()
+		if err := c.LoadScripts(ctx); err != nil { // optional: saves a round trip per script
+			panic(err)
+		}
+		if err := c.Start(ctx); err != nil { // receive the other instances' invalidations
+			panic(err)
+		}
+		instances = append(instances, c)
+	}
+	a, b := instances[0], instances[1]
+
+	r, _ := a.Get(ctx, "course-1", "intro.mp4")
+	fmt.Println("a:", r.Document.Title, r.Tier)
+	r, _ = b.Get(ctx, "course-1", "intro.mp4")
+	fmt.Println("b:", r.Document.Title, r.Tier)
+	fmt.Println("loads:", loads.Load())
+	for _, k := range mr.Keys() {
+		fmt.Println("key:", k[:len("lms:contextcache:{")]+"…"+k[strings.LastIndex(k, "}"):])
+	}
+
+	// The transcript changed: one call drops L2 and, through pub/sub, both
+	// L1 copies.
+	if err := a.Invalidate(ctx, "course-1", "intro.mp4"); err != nil {
 		panic(err)
 	}
-	defer cache.Close()
-	if err := cache.Start(ctx); err != nil { // invalidations from other instances
-		fmt.Println(err)
+	for i := 0; i < 5000 && b.Stats().InvalidationsReceived == 0; i++ { // b's subscriber applies it
+		time.Sleep(time.Millisecond)
 	}
-	r, err := cache.Get(ctx, "65f1c0ffee0000000000abcd", "https://cdn.example/v/42.mp4")
-	fmt.Println(r.Document.Title, err)
+	r, _ = b.Get(ctx, "course-1", "intro.mp4")
+	fmt.Println("b after Invalidate:", r.Tier)
+	// Output:
+	// a: Introduction source
+	// b: Introduction l2
+	// loads: 1
+	// key: lms:contextcache:{…}:doc
+	// b after Invalidate: source
 }

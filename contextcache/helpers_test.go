@@ -2,15 +2,9 @@ package contextcache_test
 
 import (
 	"context"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/event"
-	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/chatscale/chatscale/contextcache"
 	"github.com/chatscale/chatscale/internal/testutil"
@@ -21,6 +15,9 @@ import (
 func newClock() *testutil.Clock {
 	return testutil.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 }
+
+// The tests of a Cache in front of MongoDB (mongosource on an embedded
+// FerretDB) are in the module github.com/chatscale/chatscale/internal/mongotest.
 
 // counting wraps a real Source and counts its calls. before, when set,
 // runs at the start of each call.
@@ -36,104 +33,6 @@ func (c *counting) Load(ctx context.Context, courseID, videoURL string) (context
 		c.before(ctx)
 	}
 	return c.src.Load(ctx, courseID, videoURL)
-}
-
-// fixture is a MongoSource on the embedded MongoDB-wire server, with a
-// driver command monitor that counts the find commands that reach it.
-type fixture struct {
-	env   *testutil.MongoEnv
-	coll  *mongo.Collection
-	src   *contextcache.MongoSource
-	finds atomic.Int64
-	// lastFind is the last find command sent.
-	mu       sync.Mutex
-	lastFind bson.Raw
-}
-
-// Server selection (which also bounds the wait for a pooled connection)
-// gives up after fixtureSelection, so that a slow shared machine running
-// many concurrent loads against the embedded server does not fail them;
-// tests that stop the server use newStoppableFixture instead.
-const fixtureSelection = 30 * time.Second
-
-func newFixture(t testing.TB, cfg contextcache.MongoConfig) *fixture {
-	t.Helper()
-	if cfg.Timeout == 0 {
-		cfg.Timeout = fixtureSelection
-	}
-	return newFixtureSelecting(t, cfg, fixtureSelection)
-}
-
-// newStoppableFixture is a fixture whose queries fail within about 2 s
-// once the server is stopped.
-func newStoppableFixture(t testing.TB, cfg contextcache.MongoConfig) *fixture {
-	t.Helper()
-	return newFixtureSelecting(t, cfg, 2*time.Second)
-}
-
-func newFixtureSelecting(t testing.TB, cfg contextcache.MongoConfig, selection time.Duration) *fixture {
-	t.Helper()
-	f := &fixture{env: testutil.Mongo(t)}
-	mon := &event.CommandMonitor{Started: func(_ context.Context, e *event.CommandStartedEvent) {
-		if e.CommandName == "find" {
-			f.finds.Add(1)
-			f.mu.Lock()
-			f.lastFind = append(bson.Raw(nil), e.Command...)
-			f.mu.Unlock()
-		}
-	}}
-	client, err := mongo.Connect(options.Client().ApplyURI(f.env.URI).
-		SetMonitor(mon).
-		SetServerSelectionTimeout(selection))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = client.Disconnect(ctx)
-	})
-	f.coll = client.Database(f.env.Database.Name()).Collection("transcripts")
-	if f.src, err = contextcache.NewMongo(f.coll, cfg); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
-// insert stores a transcript with an ObjectID course and returns the
-// course ID's hex form.
-func (f *fixture) insert(t testing.TB, course bson.ObjectID, video, title, text string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	_, err := f.coll.InsertOne(ctx, bson.D{
-		{Key: "courseId", Value: course},
-		{Key: "videoUrl", Value: video},
-		{Key: "title", Value: title},
-		{Key: "transcript", Value: text},
-		{Key: "segments", Value: bson.A{
-			bson.D{{Key: "start", Value: 0.0}, {Key: "end", Value: 1.5}, {Key: "text", Value: "Hello"}},
-			bson.D{{Key: "start", Value: 1.5}, {Key: "end", Value: int32(3)}, {Key: "text", Value: "world"}},
-		}},
-		{Key: "updatedAt", Value: bson.NewDateTimeFromTime(time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC))},
-	})
-	if err != nil {
-		t.Fatalf("insert: %v", err)
-	}
-	return course.Hex()
-}
-
-func (f *fixture) setTitle(t testing.TB, course, video, title string) {
-	t.Helper()
-	oid, _ := bson.ObjectIDFromHex(course)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	res, err := f.coll.UpdateOne(ctx,
-		bson.D{{Key: "courseId", Value: oid}, {Key: "videoUrl", Value: video}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "title", Value: title}}}})
-	if err != nil || res.MatchedCount != 1 {
-		t.Fatalf("update: %v (matched %v)", err, res)
-	}
 }
 
 func newCache(t testing.TB, src contextcache.Source, cfg contextcache.Config) *contextcache.Cache {

@@ -1,4 +1,4 @@
-package contextcache_test
+package mongotest_test
 
 import (
 	"context"
@@ -9,13 +9,15 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
+	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/contextcache"
+	"github.com/chatscale/chatscale/contextcache/mongosource"
 )
 
 func TestMongoSourceLoadsProjectedDocument(t *testing.T) {
-	f := newFixture(t, contextcache.MongoConfig{})
+	t.Parallel()
+	f := newFixture(t, mongosource.Config{})
 	ctx := testCtx(t)
 	oid := bson.NewObjectID()
 	course := f.insert(t, oid, "https://v.example/a", "Intro", "Hello world")
@@ -67,13 +69,14 @@ func TestMongoSourceLoadsProjectedDocument(t *testing.T) {
 }
 
 func TestMongoSourceMalformedObjectIDIsTypedErrorWithoutQuery(t *testing.T) {
-	f := newFixture(t, contextcache.MongoConfig{})
+	t.Parallel()
+	f := newFixture(t, mongosource.Config{})
 	ctx := testCtx(t)
 	for _, id := range []string{"not-an-id", "0123456789abcdef0123456", "zz23456789abcdef01234567"} {
 		_, err := f.src.Load(ctx, id, "v")
-		var ke *contextcache.KeyError
-		if !errors.Is(err, contextcache.ErrInvalidKey) || !errors.As(err, &ke) || ke.Field != "courseID" {
-			t.Errorf("Load(%q) = %v; want a *KeyError on courseID", id, err)
+		var ie *chatscale.InputError
+		if !errors.Is(err, chatscale.ErrInvalidInput) || !errors.As(err, &ie) || ie.Field != "CourseID" {
+			t.Errorf("Load(%q) = %v; want a *chatscale.InputError on CourseID", id, err)
 		}
 	}
 	if n := f.finds.Load(); n != 0 {
@@ -83,8 +86,8 @@ func TestMongoSourceMalformedObjectIDIsTypedErrorWithoutQuery(t *testing.T) {
 	// Through a Cache: the error is passed on and neither cached nor
 	// counted as a Source failure.
 	c := newCache(t, f.src, contextcache.Config{})
-	if _, err := c.Get(ctx, "not-an-id", "v"); !errors.Is(err, contextcache.ErrInvalidKey) {
-		t.Fatalf("Cache.Get: %v; want ErrInvalidKey", err)
+	if _, err := c.Get(ctx, "not-an-id", "v"); !errors.Is(err, chatscale.ErrInvalidInput) {
+		t.Fatalf("Cache.Get: %v; want chatscale.ErrInvalidInput", err)
 	}
 	if s := c.Stats(); s.LoadErrors != 0 || s.L1Entries != 0 {
 		t.Fatalf("Stats() = %+v; want no load error and nothing cached", s)
@@ -92,7 +95,8 @@ func TestMongoSourceMalformedObjectIDIsTypedErrorWithoutQuery(t *testing.T) {
 }
 
 func TestMongoSourceNotFound(t *testing.T) {
-	f := newFixture(t, contextcache.MongoConfig{})
+	t.Parallel()
+	f := newFixture(t, mongosource.Config{})
 	_, err := f.src.Load(testCtx(t), bson.NewObjectID().Hex(), "nope")
 	if !errors.Is(err, contextcache.ErrNotFound) {
 		t.Fatalf("Load of an absent transcript: %v; want ErrNotFound", err)
@@ -100,9 +104,10 @@ func TestMongoSourceNotFound(t *testing.T) {
 }
 
 func TestMongoSourceStringIDsAndCustomFields(t *testing.T) {
-	f := newFixture(t, contextcache.MongoConfig{})
-	src, err := contextcache.NewMongo(f.coll, contextcache.MongoConfig{
-		CourseIDField: "course", CourseID: contextcache.CourseIDString,
+	t.Parallel()
+	f := newFixture(t, mongosource.Config{})
+	src, err := mongosource.New(f.coll, mongosource.Config{
+		CourseIDField: "course", CourseID: mongosource.CourseIDString,
 		VideoURLField: "url", TextField: "body", SegmentsField: "parts", TitleField: "meta.name",
 		UpdatedAtField:    "changed",
 		SegmentStartField: "s", SegmentEndField: "e", SegmentTextField: "t",
@@ -139,7 +144,8 @@ func TestMongoSourceStringIDsAndCustomFields(t *testing.T) {
 }
 
 func TestMongoSourceRejectsMistypedFields(t *testing.T) {
-	f := newFixture(t, contextcache.MongoConfig{})
+	t.Parallel()
+	f := newFixture(t, mongosource.Config{})
 	ctx := testCtx(t)
 	oid := bson.NewObjectID()
 	if _, err := f.coll.InsertOne(ctx, bson.D{
@@ -148,13 +154,14 @@ func TestMongoSourceRejectsMistypedFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := f.src.Load(ctx, oid.Hex(), "v")
-	if err == nil || errors.Is(err, contextcache.ErrNotFound) || errors.Is(err, contextcache.ErrInvalidKey) {
+	if err == nil || errors.Is(err, contextcache.ErrNotFound) || errors.Is(err, chatscale.ErrInvalidInput) {
 		t.Fatalf("Load of a numeric transcript: %v; want a decoding error", err)
 	}
 }
 
 func TestMongoSourceEnsureIndexes(t *testing.T) {
-	f := newFixture(t, contextcache.MongoConfig{})
+	t.Parallel()
+	f := newFixture(t, mongosource.Config{})
 	ctx := testCtx(t)
 	for range 2 { // idempotent
 		if err := f.src.EnsureIndexes(ctx); err != nil {
@@ -186,54 +193,20 @@ func TestMongoSourceEnsureIndexes(t *testing.T) {
 	}
 }
 
-func TestClientOptionsDefaultsAndURIOverride(t *testing.T) {
-	o := contextcache.ClientOptions("mongodb://127.0.0.1:27017/")
-	if o.MaxPoolSize == nil || *o.MaxPoolSize != 50 {
-		t.Errorf("MaxPoolSize = %v; want 50", o.MaxPoolSize)
-	}
-	if o.ServerSelectionTimeout == nil || *o.ServerSelectionTimeout != 5*time.Second {
-		t.Errorf("ServerSelectionTimeout = %v; want 5s", o.ServerSelectionTimeout)
-	}
-	if o.Timeout == nil || *o.Timeout != contextcache.DefaultMongoTimeout {
-		t.Errorf("Timeout = %v; want %v", o.Timeout, contextcache.DefaultMongoTimeout)
-	}
-	o = contextcache.ClientOptions("mongodb://127.0.0.1:27017/?maxPoolSize=7")
-	if o.MaxPoolSize == nil || *o.MaxPoolSize != 7 {
-		t.Errorf("MaxPoolSize with ?maxPoolSize=7 = %v; want 7", o.MaxPoolSize)
-	}
-}
-
 func TestClientOptionsWorkWithTheServer(t *testing.T) {
-	f := newFixture(t, contextcache.MongoConfig{})
+	t.Parallel()
+	f := newFixture(t, mongosource.Config{})
 	course := f.insert(t, bson.NewObjectID(), "v", "T", "text")
-	client, err := mongo.Connect(contextcache.ClientOptions(f.env.URI))
+	client, err := mongo.Connect(mongosource.ClientOptions(f.env.URI))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = client.Disconnect(context.Background()) }()
-	src, err := contextcache.NewMongo(client.Database(f.env.Database.Name()).Collection("transcripts"), contextcache.MongoConfig{})
+	src, err := mongosource.New(client.Database(f.env.Database.Name()).Collection("transcripts"), mongosource.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if d, err := src.Load(testCtx(t), course, "v"); err != nil || d.Title != "T" {
 		t.Fatalf("Load through ClientOptions' client: %+v, %v", d, err)
-	}
-}
-
-func TestNewMongoRejectsImpossibleConfig(t *testing.T) {
-	if _, err := contextcache.NewMongo(nil, contextcache.MongoConfig{}); !errors.Is(err, contextcache.ErrInvalidConfig) {
-		t.Errorf("NewMongo(nil collection) = %v; want ErrInvalidConfig", err)
-	}
-	// Connect does no I/O: the collection is never used.
-	client, err := mongo.Connect(options.Client().ApplyURI("mongodb://127.0.0.1:1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
-	coll := client.Database("db").Collection("transcripts")
-	for _, cfg := range []contextcache.MongoConfig{{SegmentUnit: -time.Second}, {CourseID: contextcache.CourseIDString + 1}} {
-		if _, err := contextcache.NewMongo(coll, cfg); !errors.Is(err, contextcache.ErrInvalidConfig) {
-			t.Errorf("NewMongo(%+v) = %v; want ErrInvalidConfig", cfg, err)
-		}
 	}
 }

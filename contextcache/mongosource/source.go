@@ -1,4 +1,22 @@
-package contextcache
+// Package mongosource is a [contextcache.Source] that reads transcripts
+// from a MongoDB collection with the official driver
+// (go.mongodb.org/mongo-driver/v2). It is a package of its own so that a
+// program using contextcache with another Source, or not at all, does not
+// link the driver.
+//
+//	client, err := mongo.Connect(mongosource.ClientOptions(uri))
+//	...
+//	src, err := mongosource.New(client.Database("lms").Collection("transcripts"), mongosource.Config{})
+//	...
+//	cache, err := contextcache.New(src, contextcache.Config{Redis: rdb})
+//
+// Errors follow the library's conventions: New returns a
+// *chatscale.ConfigError (errors.Is(err, chatscale.ErrInvalidConfig)) for a
+// nil collection or an impossible Config; Load returns a
+// *chatscale.InputError (errors.Is(err, chatscale.ErrInvalidInput)) for IDs
+// that cannot name a transcript, without querying, and an error wrapping
+// contextcache.ErrNotFound when no document matches.
+package mongosource
 
 import (
 	"context"
@@ -10,12 +28,20 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/chatscale/chatscale"
+	"github.com/chatscale/chatscale/contextcache"
+	"github.com/chatscale/chatscale/contextcache/internal/ids"
 )
+
+// pkg is the Package of this package's *chatscale.ConfigError and
+// *chatscale.InputError values.
+const pkg = "mongosource"
 
 // CourseIDKind says how course IDs are stored in MongoDB.
 type CourseIDKind uint8
 
-// The kinds of course ID a MongoSource can query.
+// The kinds of course ID a Source can query.
 const (
 	// CourseIDObjectID stores course IDs as ObjectIDs; callers pass their
 	// 24-digit hex form. It is the default.
@@ -24,9 +50,10 @@ const (
 	CourseIDString
 )
 
-// MongoConfig tunes a MongoSource. Field names may use dots to reach into
-// embedded documents.
-type MongoConfig struct {
+// Config tunes a Source. Field names may use dots to reach into embedded
+// documents. The zero value reads the default field names below. New works
+// on a copy.
+type Config struct {
 	// CourseIDField holds the course ID. Default: "courseId".
 	CourseIDField string
 	// CourseID says how course IDs are stored. Default: CourseIDObjectID.
@@ -48,28 +75,35 @@ type MongoConfig struct {
 	// fields of a segment. Defaults: "start", "end", "text".
 	SegmentStartField, SegmentEndField, SegmentTextField string
 	// SegmentUnit is the unit of the segments' numeric offsets.
-	// Default: time.Second (zero).
+	// Default: time.Second (zero). Negative is an error.
 	SegmentUnit time.Duration
 	// Timeout bounds one query, on top of the caller's context.
-	// Default: 5 s (zero). Negative means no bound besides the context.
+	// Default: DefaultTimeout, 5 s (zero). Negative means no bound besides
+	// the context.
 	Timeout time.Duration
 }
 
-// MongoSource loads transcripts from a MongoDB collection with one
-// FindOne per call, projected to the fields it reads. It is a Source and
+// DefaultTimeout is the default of Config.Timeout.
+const DefaultTimeout = 5 * time.Second
+
+// Source loads transcripts from a MongoDB collection with one FindOne per
+// call, projected to the fields it reads. It is a contextcache.Source and
 // is safe for concurrent use.
-type MongoSource struct {
+type Source struct {
 	coll       *mongo.Collection
-	cfg        MongoConfig
+	cfg        Config
 	projection bson.D
 }
 
-// NewMongo returns a MongoSource reading coll. It does not take ownership
-// of coll's client; callers disconnect it. It returns an error wrapping
-// ErrInvalidConfig for a nil coll or impossible Config values.
-func NewMongo(coll *mongo.Collection, cfg MongoConfig) (*MongoSource, error) {
+var _ contextcache.Source = (*Source)(nil)
+
+// New returns a Source reading coll. It does no I/O and does not take
+// ownership of coll's client; callers disconnect it. It returns a
+// *chatscale.ConfigError for a nil coll (Field "coll") or an impossible
+// Config value (Field "Config.SegmentUnit", "Config.CourseID").
+func New(coll *mongo.Collection, cfg Config) (*Source, error) {
 	if coll == nil {
-		return nil, fmt.Errorf("%w: nil collection", ErrInvalidConfig)
+		return nil, &chatscale.ConfigError{Package: pkg, Field: "coll", Reason: "nil"}
 	}
 	def := func(v *string, d string) {
 		if *v == "" {
@@ -89,15 +123,16 @@ func NewMongo(coll *mongo.Collection, cfg MongoConfig) (*MongoSource, error) {
 		cfg.SegmentUnit = time.Second
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = 5 * time.Second
+		cfg.Timeout = DefaultTimeout
 	}
 	if cfg.SegmentUnit < 0 {
-		return nil, fmt.Errorf("%w: negative SegmentUnit", ErrInvalidConfig)
+		return nil, &chatscale.ConfigError{Package: pkg, Field: "Config.SegmentUnit", Reason: "negative"}
 	}
 	if cfg.CourseID > CourseIDString {
-		return nil, fmt.Errorf("%w: unknown CourseIDKind %d", ErrInvalidConfig, cfg.CourseID)
+		return nil, &chatscale.ConfigError{Package: pkg, Field: "Config.CourseID",
+			Reason: fmt.Sprintf("unknown CourseIDKind %d", cfg.CourseID)}
 	}
-	s := &MongoSource{coll: coll, cfg: cfg}
+	s := &Source{coll: coll, cfg: cfg}
 	s.projection = bson.D{{Key: "_id", Value: 0}}
 	for _, f := range []string{cfg.TitleField, cfg.TextField, cfg.SegmentsField, cfg.UpdatedAtField} {
 		s.projection = append(s.projection, bson.E{Key: f, Value: 1})
@@ -106,19 +141,21 @@ func NewMongo(coll *mongo.Collection, cfg MongoConfig) (*MongoSource, error) {
 }
 
 // Load returns the transcript of videoURL in courseID. It returns a
-// *KeyError, without querying, when courseID is not an ObjectID's hex form
-// and CourseIDObjectID is configured or when an ID is empty; an error
-// wrapping ErrNotFound when no document matches; and the driver's error,
-// wrapped, when the query fails.
-func (s *MongoSource) Load(ctx context.Context, courseID, videoURL string) (Document, error) {
-	if err := checkKey(courseID, videoURL); err != nil {
-		return Document{}, err
+// *chatscale.InputError, without querying, when an ID cannot name a
+// transcript (empty, longer than contextcache.MaxKeyLen, not UTF-8, with a
+// control character) or when courseID is not an ObjectID's hex form and
+// CourseIDObjectID is configured (Field "CourseID"); an error wrapping
+// contextcache.ErrNotFound when no document matches; and the driver's
+// error, wrapped, when the query fails.
+func (s *Source) Load(ctx context.Context, courseID, videoURL string) (contextcache.Document, error) {
+	if err := ids.Check(pkg, courseID, videoURL); err != nil {
+		return contextcache.Document{}, err
 	}
 	var course any = courseID
 	if s.cfg.CourseID == CourseIDObjectID {
 		oid, err := bson.ObjectIDFromHex(courseID)
 		if err != nil {
-			return Document{}, &KeyError{Field: "courseID", Value: courseID, Reason: "not an ObjectID in hex"}
+			return contextcache.Document{}, &chatscale.InputError{Package: pkg, Field: "CourseID", Reason: "not an ObjectID in hex"}
 		}
 		course = oid
 	}
@@ -130,21 +167,21 @@ func (s *MongoSource) Load(ctx context.Context, courseID, videoURL string) (Docu
 	filter := bson.D{{Key: s.cfg.CourseIDField, Value: course}, {Key: s.cfg.VideoURLField, Value: videoURL}}
 	raw, err := s.coll.FindOne(ctx, filter, options.FindOne().SetProjection(s.projection)).Raw()
 	if errors.Is(err, mongo.ErrNoDocuments) {
-		return Document{}, fmt.Errorf("%w: course %q video %q", ErrNotFound, courseID, videoURL)
+		return contextcache.Document{}, fmt.Errorf("mongosource: course %q video %q: %w", courseID, videoURL, contextcache.ErrNotFound)
 	}
 	if err != nil {
-		return Document{}, fmt.Errorf("contextcache: mongo find: %w", err)
+		return contextcache.Document{}, fmt.Errorf("mongosource: find: %w", err)
 	}
 	d, err := s.decode(raw)
 	if err != nil {
-		return Document{}, fmt.Errorf("contextcache: mongo document for course %q video %q: %w", courseID, videoURL, err)
+		return contextcache.Document{}, fmt.Errorf("mongosource: document for course %q video %q: %w", courseID, videoURL, err)
 	}
 	d.CourseID, d.VideoURL = courseID, videoURL
 	return d, nil
 }
 
-func (s *MongoSource) decode(raw bson.Raw) (Document, error) {
-	var d Document
+func (s *Source) decode(raw bson.Raw) (contextcache.Document, error) {
+	var d contextcache.Document
 	if v, err := raw.LookupErr(strings.Split(s.cfg.TitleField, ".")...); err == nil {
 		t, ok := v.StringValueOK()
 		if !ok && v.Type != bson.TypeNull {
@@ -168,13 +205,13 @@ func (s *MongoSource) decode(raw bson.Raw) (Document, error) {
 		if err != nil {
 			return d, err
 		}
-		d.Segments = make([]Segment, 0, len(vals))
+		d.Segments = make([]contextcache.Segment, 0, len(vals))
 		for i, sv := range vals {
 			sd, ok := sv.DocumentOK()
 			if !ok {
 				return d, fmt.Errorf("segment %d is %s, not a document", i, sv.Type)
 			}
-			var seg Segment
+			var seg contextcache.Segment
 			if seg.Start, err = s.offset(sd, s.cfg.SegmentStartField); err != nil {
 				return d, fmt.Errorf("segment %d: %w", i, err)
 			}
@@ -210,7 +247,7 @@ func (s *MongoSource) decode(raw bson.Raw) (Document, error) {
 	return d, nil
 }
 
-func (s *MongoSource) offset(seg bson.Raw, field string) (time.Duration, error) {
+func (s *Source) offset(seg bson.Raw, field string) (time.Duration, error) {
 	v, err := seg.LookupErr(field)
 	if err != nil {
 		return 0, nil
@@ -235,13 +272,13 @@ func (s *MongoSource) offset(seg bson.Raw, field string) (time.Duration, error) 
 // videoUrl: 1} and {courseId: 1} (with the configured field names). It is
 // idempotent. It sends one createIndexes command per index: FerretDB 1.x
 // drops the connection on a batch that repeats existing indexes.
-func (s *MongoSource) EnsureIndexes(ctx context.Context) error {
+func (s *Source) EnsureIndexes(ctx context.Context) error {
 	for _, keys := range []bson.D{
 		{{Key: s.cfg.CourseIDField, Value: 1}, {Key: s.cfg.VideoURLField, Value: 1}},
 		{{Key: s.cfg.CourseIDField, Value: 1}},
 	} {
 		if _, err := s.coll.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: keys}); err != nil {
-			return fmt.Errorf("contextcache: creating index %v: %w", keys, err)
+			return fmt.Errorf("mongosource: creating index %v: %w", keys, err)
 		}
 	}
 	return nil
@@ -249,19 +286,20 @@ func (s *MongoSource) EnsureIndexes(ctx context.Context) error {
 
 // Client option defaults of ClientOptions.
 const (
-	DefaultMongoMaxPoolSize            = 50
-	DefaultMongoServerSelectionTimeout = 5 * time.Second
-	DefaultMongoTimeout                = 10 * time.Second
+	DefaultMaxPoolSize            = 50
+	DefaultServerSelectionTimeout = 5 * time.Second
+	DefaultClientTimeout          = 10 * time.Second
 )
 
 // ClientOptions returns driver options for uri with chatscale's pool
-// defaults: at most 50 connections, 5 s to select a server and 10 s per
-// operation. Options given in uri win over these defaults. Pass the result
-// to mongo.Connect.
+// defaults: at most DefaultMaxPoolSize (50) connections,
+// DefaultServerSelectionTimeout (5 s) to select a server and
+// DefaultClientTimeout (10 s) per operation. Options given in uri win over
+// these defaults. Pass the result to mongo.Connect.
 func ClientOptions(uri string) *options.ClientOptions {
 	return options.Client().
-		SetMaxPoolSize(DefaultMongoMaxPoolSize).
-		SetServerSelectionTimeout(DefaultMongoServerSelectionTimeout).
-		SetTimeout(DefaultMongoTimeout).
+		SetMaxPoolSize(DefaultMaxPoolSize).
+		SetServerSelectionTimeout(DefaultServerSelectionTimeout).
+		SetTimeout(DefaultClientTimeout).
 		ApplyURI(uri)
 }
