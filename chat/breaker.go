@@ -4,6 +4,7 @@ import (
 	"context"
 	_ "embed"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -11,16 +12,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
-)
 
-// RedisClient is the part of a go-redis client that Client uses to share
-// breaker trips: *redis.Client, *redis.ClusterClient and
-// redis.UniversalClient satisfy it.
-type RedisClient interface {
-	redis.Scripter
-	HMGet(ctx context.Context, key string, fields ...string) *redis.SliceCmd
-	SetNX(ctx context.Context, key string, value any, expiration time.Duration) *redis.BoolCmd
-}
+	"github.com/chatscale/chatscale/internal/scripts"
+)
 
 var (
 	//go:embed extend.lua
@@ -29,12 +23,41 @@ var (
 	//go:embed close.lua
 	closeSrc    string
 	closeScript = redis.NewScript(closeSrc)
+	//go:embed lease.lua
+	leaseSrc    string
+	leaseScript = redis.NewScript(leaseSrc)
+
+	luaScripts = []*redis.Script{extendScript, closeScript, leaseScript}
 )
 
-// stateKey and leaseKey are the package's only Redis keys. Both share the
-// hash tag {name}, so the scripts work on Redis Cluster.
-func stateKey(prefix, name string) string { return prefix + ":{" + name + "}:breaker" }
-func leaseKey(prefix, name string) string { return prefix + ":{" + name + "}:probe" }
+// stateKey and leaseKey are the package's only Redis keys:
+// <Prefix>chat:{<Name>}:breaker and <Prefix>chat:{<Name>}:probe. Both
+// share the hash tag {<Name>}, so the scripts work on Redis Cluster.
+func stateKey(prefix, name string) string { return prefix + "chat:{" + name + "}:breaker" }
+func leaseKey(prefix, name string) string { return prefix + "chat:{" + name + "}:probe" }
+
+// LoadScripts loads the breaker's Lua scripts into the script cache of
+// every server the Config.Redis client reaches: every node of a Redis
+// Cluster (masters and replicas) and every shard of a Ring, the one
+// server otherwise. Calling it at startup is optional: without it, the
+// first run of each script on each server costs one more round trip
+// (EVALSHA answered NOSCRIPT, then EVAL), after a restart or a failover
+// too. Without Redis it does nothing. It returns ctx's error when ctx
+// ends, else the first error Redis answers.
+func (c *Client) LoadScripts(ctx context.Context) error {
+	if c.cfg.Redis == nil {
+		return nil
+	}
+	err := scripts.Load(ctx, c.cfg.Redis, luaScripts...)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	default:
+		return fmt.Errorf("chat: loading scripts: %w", err)
+	}
+}
 
 // cachedState is a sharedState and when it was loaded (ms).
 type cachedState struct {
@@ -56,14 +79,16 @@ type tripStore interface {
 	// extend moves field ("until" or "pause") to deadline if later, and
 	// releases holder's lease when holder is not "".
 	extend(ctx context.Context, field string, deadline int64, reason string, ttl time.Duration, holder string) (sharedState, error)
-	lease(ctx context.Context, holder string, ttl time.Duration, now int64) (bool, error)
+	// lease takes the half-open probe lease for holder if the state still
+	// holds until; it returns whether it did and the state it found.
+	lease(ctx context.Context, holder string, ttl time.Duration, now, until int64) (bool, sharedState, error)
 	// close clears "until" if it still equals until, and releases
 	// holder's lease.
 	close(ctx context.Context, until int64, holder string) (bool, error)
 }
 
 type redisTrips struct {
-	rdb            RedisClient
+	rdb            redis.UniversalClient
 	stateK, leaseK string
 }
 
@@ -84,8 +109,13 @@ func (s *redisTrips) extend(ctx context.Context, field string, deadline int64, r
 	return parseState(v), nil
 }
 
-func (s *redisTrips) lease(ctx context.Context, holder string, ttl time.Duration, _ int64) (bool, error) {
-	return s.rdb.SetNX(ctx, s.leaseK, holder, ttl).Result()
+func (s *redisTrips) lease(ctx context.Context, holder string, ttl time.Duration, _, until int64) (bool, sharedState, error) {
+	v, err := leaseScript.Run(ctx, s.rdb, []string{s.stateK, s.leaseK}, until, holder, max(ttl.Milliseconds(), 1)).Slice()
+	if err != nil || len(v) == 0 {
+		return false, sharedState{}, err
+	}
+	won, _ := v[0].(int64)
+	return won == 1, parseState(v[1:]), nil
 }
 
 func (s *redisTrips) close(ctx context.Context, until int64, holder string) (bool, error) {
@@ -143,14 +173,14 @@ func (m *memTrips) extend(_ context.Context, field string, deadline int64, reaso
 	return m.st, nil
 }
 
-func (m *memTrips) lease(_ context.Context, holder string, ttl time.Duration, now int64) (bool, error) {
+func (m *memTrips) lease(_ context.Context, holder string, ttl time.Duration, now, until int64) (bool, sharedState, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.holder != "" && now < m.leaseExpiry {
-		return false, nil
+	if m.st.until != until || (m.holder != "" && now < m.leaseExpiry) {
+		return false, m.st, nil
 	}
 	m.holder, m.leaseExpiry = holder, now+ttl.Milliseconds()
-	return true, nil
+	return true, m.st, nil
 }
 
 func (m *memTrips) close(_ context.Context, until int64, holder string) (bool, error) {
@@ -293,6 +323,19 @@ func (b *breaker) merge(st sharedState, closed bool) {
 	b.cache.Store(&next)
 }
 
+// adopt replaces the cached open/half-open state with st, which this
+// process found in the store (a trip or a close of another instance that
+// its cache had not seen yet).
+func (b *breaker) adopt(st sharedState) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.gen++
+	next := *b.cache.Load()
+	next.st.until, next.st.reason = st.until, st.reason
+	next.st.pause = max(next.st.pause, st.pause)
+	b.cache.Store(&next)
+}
+
 // permit is one attempt's pass through the breaker.
 type permit struct {
 	done  func(error) // gobreaker's; nil for a probe
@@ -308,34 +351,58 @@ func (b *breaker) allow(ctx context.Context, now int64) (permit, error) {
 		if now < st.until {
 			return permit{}, b.openErr(time.Duration(st.until-now)*time.Millisecond, st.reason)
 		}
-		// Half-open: one probe in the cluster, the rest fall back.
-		if now < b.leaseRetry.Load() || !b.probing.CompareAndSwap(false, true) {
-			return permit{}, b.openErr(0, st.reason)
+		p, closed, err := b.halfOpen(ctx, now, st)
+		if !closed {
+			return p, err
 		}
-		sctx, cancel := b.storeCtx(ctx)
-		// The lease outlives the probe's bulkhead wait and attempt; it is
-		// released as soon as the probe ends.
-		ttl := b.c.cfg.AttemptTimeout + max(b.c.cfg.BulkheadWait, 0) + time.Second
-		won, err := b.store.lease(sctx, b.holder, ttl, now)
-		cancel()
-		if err != nil {
-			// Without the store, probe from this process alone.
-			b.c.storeError("lease", err)
-			won = true
-		}
-		if !won {
-			b.leaseRetry.Store(now + b.c.cfg.RefreshEvery.Milliseconds())
-			b.probing.Store(false)
-			return permit{}, b.openErr(0, st.reason)
-		}
-		b.c.metrics.probe()
-		return permit{probe: true, until: st.until}, nil
+		// Another instance's probe closed the breaker: an ordinary call.
 	}
 	done, err := b.cb.Load().Allow()
 	if err != nil {
 		return permit{}, b.openErr(0, b.tripReason.Load().(string))
 	}
 	return permit{done: done}, nil
+}
+
+// halfOpen lets one probe through in the cluster after the deadline st.until
+// passed; the other calls fall back. closed reports that the store says
+// the breaker closed meanwhile (the caller then makes an ordinary call).
+func (b *breaker) halfOpen(ctx context.Context, now int64, st sharedState) (permit, bool, error) {
+	if now < b.leaseRetry.Load() || !b.probing.CompareAndSwap(false, true) {
+		return permit{}, false, b.openErr(0, st.reason)
+	}
+	sctx, cancel := b.storeCtx(ctx)
+	// The lease outlives the probe's bulkhead wait and attempt; it is
+	// released as soon as the probe ends.
+	ttl := b.c.cfg.AttemptTimeout + max(b.c.cfg.BulkheadWait, 0) + time.Second
+	won, cur, err := b.store.lease(sctx, b.holder, ttl, now, st.until)
+	cancel()
+	switch {
+	case err != nil:
+		// Without the store, probe from this process alone.
+		b.c.storeError("lease", err)
+	case won:
+	case cur.until != st.until:
+		// The state changed since it was cached: another instance's probe
+		// closed the breaker or re-opened it. Adopt it rather than probe
+		// the same open period again.
+		b.probing.Store(false)
+		b.adopt(cur)
+		if cur.until == 0 {
+			return permit{}, true, nil
+		}
+		var wait time.Duration
+		if now < cur.until {
+			wait = time.Duration(cur.until-now) * time.Millisecond
+		}
+		return permit{}, false, b.openErr(wait, cur.reason)
+	default:
+		// Another instance holds the lease.
+		b.leaseRetry.Store(now + b.c.cfg.RefreshEvery.Milliseconds())
+		b.probing.Store(false)
+		return permit{}, false, b.openErr(0, st.reason)
+	}
+	return permit{probe: true, until: st.until}, false, nil
 }
 
 func (b *breaker) openErr(retryAfter time.Duration, reason string) error {

@@ -16,8 +16,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"github.com/sashabaranov/go-openai"
 
+	"github.com/chatscale/chatscale"
+	"github.com/chatscale/chatscale/internal/keyspace"
+	"github.com/chatscale/chatscale/internal/prom"
 	"github.com/chatscale/chatscale/internal/timeutil"
 	"github.com/chatscale/chatscale/ratelimit"
 )
@@ -45,17 +49,23 @@ const DefaultFallbackText = "I'm experiencing high load. Please try again in a m
 // defaults below, no Redis (the breaker is per process), no metrics.
 type Config struct {
 	// Requests is the request budget: each upstream attempt spends 1
-	// from RequestKey. Nil means no request budget. Use a ratelimit.Redis
-	// to share the budget between instances.
+	// from RequestKey, given back when the request never reached the
+	// upstream (the package doc's Accounting section lists each case).
+	// Nil means no request budget. Use a ratelimit.Redis to share the
+	// budget between instances.
 	Requests ratelimit.Limiter
 	// RequestKey is the key of the request budget. Empty means
 	// "openai:requests".
 	RequestKey string
 	// Tokens is the token budget: each attempt reserves the prompt
 	// estimate plus the reply's maximum (MaxCompletionTokens, MaxTokens,
-	// or DefaultMaxTokens), the way the upstream charges, and settles
-	// against the reported usage after a successful unary call. Nil means
-	// no token budget.
+	// or DefaultMaxTokens), the way the upstream charges, settles it
+	// against the usage the upstream reports (for a stream, the usage it
+	// is asked to include, see DisableStreamUsage) and gives it back when
+	// the upstream did not charge it (the package doc's Accounting
+	// section lists each case). A request whose reservation exceeds the
+	// budget's burst fails with a *TooLargeError. Nil means no token
+	// budget.
 	Tokens ratelimit.Limiter
 	// TokenKey is the key of the token budget. Empty means "openai:tokens".
 	TokenKey string
@@ -66,6 +76,14 @@ type Config struct {
 	// EstimatePromptTokens estimates a request's prompt tokens. Nil means
 	// one token per 4 bytes of content plus 4 per message.
 	EstimatePromptTokens func(openai.ChatCompletionRequest) int
+	// DisableStreamUsage stops the Client from asking a stream for its
+	// usage. By default, when Tokens is set and a streamed request has no
+	// StreamOptions, the Client sends stream_options {"include_usage":
+	// true}: the stream then ends with one more chunk, with no Choices
+	// and with Usage, against which the reservation is settled. Set it
+	// for an OpenAI-compatible server that refuses stream_options; such
+	// streams keep their whole reservation.
+	DisableStreamUsage bool
 
 	// MaxInFlight bounds the upstream calls (and open streams) of this
 	// Client. Zero means 256; negative means no bound.
@@ -116,11 +134,15 @@ type Config struct {
 	OpenFor time.Duration
 
 	// Redis, when set, shares breaker trips and adaptive pauses between
-	// every Client with the same KeyPrefix and Name. Nil means per
-	// process. The Client does not close it.
-	Redis RedisClient
-	// KeyPrefix prefixes the Redis keys. Empty means "chatscale:chat".
-	KeyPrefix string
+	// every Client with the same Prefix and Name: a *redis.Client,
+	// *redis.ClusterClient, Sentinel failover client or *redis.Ring. Nil
+	// means per process. The Client does not close it.
+	Redis redis.UniversalClient
+	// Prefix starts every Redis key. Empty means chatscale.DefaultPrefix
+	// ("chatscale:"). The Client adds "chat:", so its keys are
+	// <Prefix>chat:{<Name>}:breaker and <Prefix>chat:{<Name>}:probe. It
+	// must not contain '{' or '}'.
+	Prefix string
 	// Name names the upstream: the breaker, the Redis hash tag and the
 	// metrics' "client" label. Empty means "openai". It must not contain
 	// '{' or '}'.
@@ -149,9 +171,17 @@ type Config struct {
 	// a fallback reply.
 	DisableFallback bool
 
-	// Registerer receives the Client's Prometheus collectors. Nil means
-	// no metrics.
+	// Registerer receives the Client's Prometheus collectors (see the
+	// package doc); Close unregisters them. Nil means no metrics.
 	Registerer prometheus.Registerer
+	// Namespace starts every metric name. Empty means
+	// chatscale.DefaultNamespace ("ai_chat"), as in
+	// ai_chat_client_calls_total.
+	Namespace string
+	// ConstLabels are added to every series, next to client=<Name>; they
+	// must not hold "client". Two Clients can share a Registerer when
+	// their Names or ConstLabels differ. Nil means none.
+	ConstLabels prometheus.Labels
 	// Logger logs trips, probes and store errors. Nil means discard.
 	Logger *slog.Logger
 	// Now returns the current time: breaker deadlines, pauses, the retry
@@ -203,8 +233,8 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	def(&c.BreakerWindow, 10*time.Second)
 	def(&c.OpenFor, 60*time.Second)
-	if c.KeyPrefix == "" {
-		c.KeyPrefix = "chatscale:chat"
+	if c.Prefix == "" {
+		c.Prefix = chatscale.DefaultPrefix
 	}
 	if c.Name == "" {
 		c.Name = "openai"
@@ -221,24 +251,50 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.DefaultMaxTokens < 0 {
+		return c, configError("Config.DefaultMaxTokens", fmt.Sprintf("%d: negative", c.DefaultMaxTokens))
+	}
+	if c.MaxAttempts < 0 {
+		return c, configError("Config.MaxAttempts", fmt.Sprintf("%d: negative", c.MaxAttempts))
+	}
+	for _, d := range [...]struct {
+		field string
+		v     time.Duration
+	}{
+		{"Config.AttemptTimeout", c.AttemptTimeout}, {"Config.BaseDelay", c.BaseDelay},
+		{"Config.MaxDelay", c.MaxDelay}, {"Config.RetryWindow", c.RetryWindow},
+		{"Config.BreakerWindow", c.BreakerWindow}, {"Config.OpenFor", c.OpenFor},
+		{"Config.RefreshEvery", c.RefreshEvery}, {"Config.RedisTimeout", c.RedisTimeout},
+		{"Config.MaxPause", c.MaxPause},
+	} {
+		if d.v < 0 {
+			return c, configError(d.field, d.v.String()+": negative")
+		}
+	}
 	switch {
-	case c.DefaultMaxTokens < 0:
-		return c, fmt.Errorf("%w: DefaultMaxTokens %d < 0", ErrInvalidConfig, c.DefaultMaxTokens)
-	case c.MaxAttempts < 0:
-		return c, fmt.Errorf("%w: MaxAttempts %d < 0", ErrInvalidConfig, c.MaxAttempts)
-	case c.AttemptTimeout < 0, c.BaseDelay < 0, c.MaxDelay < 0, c.RetryWindow < 0,
-		c.BreakerWindow < 0, c.OpenFor < 0, c.RefreshEvery < 0, c.RedisTimeout < 0, c.MaxPause < 0:
-		return c, fmt.Errorf("%w: negative duration", ErrInvalidConfig)
 	case c.BreakerRatio < 0 || c.BreakerRatio > 1:
-		return c, fmt.Errorf("%w: BreakerRatio %v outside (0, 1]", ErrInvalidConfig, c.BreakerRatio)
+		return c, configError("Config.BreakerRatio", fmt.Sprintf("%v: outside [0, 1]", c.BreakerRatio))
 	case c.OpenFor < time.Millisecond:
-		return c, fmt.Errorf("%w: OpenFor %s under 1ms", ErrInvalidConfig, c.OpenFor)
-	case c.RetryWindow < budgetBuckets*time.Nanosecond || c.BreakerWindow < 10*time.Nanosecond:
-		return c, fmt.Errorf("%w: window too short", ErrInvalidConfig)
-	case strings.ContainsAny(c.Name, "{}"):
-		return c, fmt.Errorf("%w: Name %q holds a brace", ErrInvalidConfig, c.Name)
+		return c, configError("Config.OpenFor", c.OpenFor.String()+": under 1ms")
+	case c.RetryWindow < budgetBuckets*time.Nanosecond:
+		return c, configError("Config.RetryWindow", c.RetryWindow.String()+": too short")
+	case c.BreakerWindow < 10*time.Nanosecond:
+		return c, configError("Config.BreakerWindow", c.BreakerWindow.String()+": too short")
+	}
+	if _, ok := c.ConstLabels["client"]; ok {
+		return c, configError("Config.ConstLabels", `holds "client", the label the Client sets to Name`)
+	}
+	if err := keyspace.Check("chat", "Config.Prefix", c.Prefix); err != nil {
+		return c, err
+	}
+	if err := keyspace.Check("chat", "Config.Name", c.Name); err != nil {
+		return c, err
 	}
 	return c, nil
+}
+
+func configError(field, reason string) error {
+	return &chatscale.ConfigError{Package: "chat", Field: field, Reason: reason}
 }
 
 // Client is a Completer that calls an upstream Completer (a go-openai
@@ -248,25 +304,31 @@ func (c Config) withDefaults() (Config, error) {
 // doc for the order of these. A Client is safe for concurrent use and
 // starts no goroutines.
 type Client struct {
-	inner   Completer
-	cfg     Config
-	logger  *slog.Logger
-	sleep   func(context.Context, time.Duration) error
-	jitter  func(n int64) int64 // uniform in [0, n)
-	bulk    chan struct{}
-	budget  *retryBudget
-	br      *breaker
-	metrics *metrics
-	fb      *openai.Client // builds fallback streams
+	inner      Completer
+	cfg        Config
+	tokenBurst int // the token budget's burst; 0 when unknown
+	logger     *slog.Logger
+	sleep      func(context.Context, time.Duration) error
+	jitter     func(n int64) int64 // uniform in [0, n)
+	bulk       chan struct{}
+	budget     *retryBudget
+	br         *breaker
+	metrics    *metrics
+	fb         *openai.Client // builds fallback streams
+
+	// viaTransport is set once an attempt reached Transport: from then
+	// on, an attempt that does not reach it was not sent.
+	viaTransport atomic.Bool
 }
 
 // NewClient returns a Client that sends through inner (typically
 // NewOpenAI's client, or an *openai.Client whose HTTPClient is
-// HTTPClient). It returns an error wrapping ErrInvalidConfig for
-// impossible settings, or the Registerer's error.
+// HTTPClient). It does no I/O. It returns a *chatscale.ConfigError
+// (chatscale.ErrInvalidConfig) for a nil inner or an impossible Config,
+// or the Registerer's error, in which case nothing stays registered.
 func NewClient(inner Completer, cfg Config) (*Client, error) {
 	if inner == nil {
-		return nil, fmt.Errorf("%w: nil Completer", ErrInvalidConfig)
+		return nil, configError("inner", "nil")
 	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -283,14 +345,23 @@ func NewClient(inner Completer, cfg Config) (*Client, error) {
 	if cfg.MaxInFlight > 0 {
 		c.bulk = make(chan struct{}, cfg.MaxInFlight)
 	}
+	if l, ok := cfg.Tokens.(interface{ Limit() ratelimit.Limit }); ok {
+		// *ratelimit.Local and *ratelimit.Redis; a Burst of zero means Rate.
+		lim := l.Limit()
+		c.tokenBurst = lim.Burst
+		if c.tokenBurst <= 0 {
+			c.tokenBurst = lim.Rate
+		}
+	}
 	var store tripStore = &memTrips{}
 	if cfg.Redis != nil {
-		store = &redisTrips{rdb: cfg.Redis, stateK: stateKey(cfg.KeyPrefix, cfg.Name), leaseK: leaseKey(cfg.KeyPrefix, cfg.Name)}
+		store = &redisTrips{rdb: cfg.Redis, stateK: stateKey(cfg.Prefix, cfg.Name), leaseK: leaseKey(cfg.Prefix, cfg.Name)}
 	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])
 	c.br = newBreaker(c, store, cfg.Redis != nil, hex.EncodeToString(id[:]))
-	if c.metrics, err = newMetrics(cfg.Registerer, cfg.Name, c); err != nil {
+	opts := prom.Opts{Registerer: cfg.Registerer, Namespace: cfg.Namespace, ConstLabels: cfg.ConstLabels}
+	if c.metrics, err = newMetrics(opts, cfg.Name, c); err != nil {
 		return nil, err
 	}
 	fbc := openai.DefaultConfig("")
@@ -298,6 +369,17 @@ func NewClient(inner Completer, cfg Config) (*Client, error) {
 	fbc.HTTPClient = fallbackDoer{}
 	c.fb = openai.NewClientWithConfig(fbc)
 	return c, nil
+}
+
+// Close unregisters the Client's collectors from Config.Registerer, so
+// that another Client with the same Name and ConstLabels can register
+// them. That is all it does: the Client holds no goroutine, and it does
+// not close Config.Redis or the inner Completer. A Client keeps working
+// after Close (Stats still counts), without metrics. Close is idempotent
+// and returns nil.
+func (c *Client) Close() error {
+	c.metrics.reg.Unregister()
+	return nil
 }
 
 func (c *Client) now() time.Time { return c.cfg.Now() }
@@ -314,7 +396,11 @@ func (c *Client) storeError(op string, err error) {
 // the fallback reply, marked so that IsDegraded reports true, or, with
 // DisableFallback, an *UnavailableError. Client errors of the upstream
 // (400, 401, 403, 404, 422) are returned as go-openai reported them, and
-// a call whose ctx ends returns ctx's error; neither is retried.
+// a call whose ctx ends returns ctx's error; neither is retried. A
+// request whose token reservation can never fit the token budget returns
+// a *TooLargeError, and one go-openai refuses before sending (e.g. Stream
+// set, MaxTokens on a reasoning model) returns go-openai's error; neither
+// spends anything nor is answered by the fallback.
 func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error) {
 	var resp openai.ChatCompletionResponse
 	err := c.run(ctx, req, func(reserve int) attemptResult {
@@ -341,7 +427,15 @@ func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatComple
 // returned, a failure reaches the caller through Recv. The fallback is a
 // one-chunk stream for which IsDegradedStream reports true. Callers must
 // Close the stream; that frees its bulkhead slot.
+//
+// With a token budget, a request without StreamOptions is sent with
+// stream_options {"include_usage": true} (unless DisableStreamUsage): its
+// stream then ends with a chunk that has no Choices and carries Usage, so
+// code reading the stream must not assume Choices is non-empty.
 func (c *Client) CreateChatCompletionStream(ctx context.Context, req openai.ChatCompletionRequest) (*openai.ChatCompletionStream, error) {
+	if c.cfg.Tokens != nil && req.StreamOptions == nil && !c.cfg.DisableStreamUsage {
+		req.StreamOptions = &openai.StreamOptions{IncludeUsage: true}
+	}
 	var s *openai.ChatCompletionStream
 	err := c.run(ctx, req, func(reserve int) attemptResult {
 		st, res := c.attemptStream(ctx, req, reserve)
@@ -366,7 +460,7 @@ func (c *Client) CreateChatCompletionStream(ctx context.Context, req openai.Chat
 type attemptResult struct {
 	err        error
 	cls        class
-	upstream   bool // the attempt reached the upstream call
+	upstream   bool // the request left this process: an upstream attempt
 	status     int
 	retryAfter time.Duration // zero unless err != nil
 	took       time.Duration
@@ -376,6 +470,10 @@ type attemptResult struct {
 // run is the retry loop around attempts.
 func (c *Client) run(ctx context.Context, req openai.ChatCompletionRequest, try func(reserve int) attemptResult) error {
 	reserve := c.reservation(req)
+	if err := c.fits(reserve); err != nil {
+		c.metrics.call(outError)
+		return err
+	}
 	var (
 		attempts int
 		last     attemptResult
@@ -414,7 +512,9 @@ func (c *Client) run(ctx context.Context, req openai.ChatCompletionRequest, try 
 			}
 			return c.unavailable(u)
 		case !res.upstream && ctx.Err() == nil:
-			c.metrics.call(outError) // e.g. a token reservation over the budget's burst
+			// A *TooLargeError from the limiter, or a request go-openai
+			// refused before sending.
+			c.metrics.call(outError)
 			return res.err
 		case !res.upstream || res.cls == classExcluded:
 			c.metrics.call(outCanceled)
@@ -478,6 +578,18 @@ func (c *Client) delay(n int, retryAfter time.Duration) time.Duration {
 		j = time.Duration(c.jitter(int64(ceil) + 1))
 	}
 	return retryAfter + j
+}
+
+// fits returns a *TooLargeError when reserve can never fit the token
+// budget's burst (when the Limiter exposes it).
+func (c *Client) fits(reserve int) error {
+	if c.tokenBurst <= 0 || reserve <= c.tokenBurst {
+		return nil
+	}
+	return &TooLargeError{Tokens: reserve, Burst: c.tokenBurst, Err: &chatscale.InputError{
+		Package: "chat", Field: "req",
+		Reason: fmt.Sprintf("reserves %d tokens, over the token budget's burst %d", reserve, c.tokenBurst),
+	}}
 }
 
 // reservation is the token cost reserved for one attempt of req.
@@ -577,6 +689,10 @@ func (c *Client) spendBudget(ctx context.Context, reserve int, start time.Time, 
 		return &UnavailableError{Reason: ReasonRateLimited, Err: err}
 	case errors.Is(err, ratelimit.ErrUnavailable):
 		return &UnavailableError{Reason: ReasonLimiterDown, Err: err}
+	case errors.Is(err, chatscale.ErrInvalidInput):
+		// Raised before anything is spent: the reservation is over the
+		// burst of a Limiter that does not expose its Limit.
+		return &TooLargeError{Tokens: reserve, Err: err}
 	default:
 		return fmt.Errorf("chat: budget: %w", err)
 	}
@@ -649,22 +765,28 @@ func (c *Client) attemptUnary(ctx context.Context, req openai.ChatCompletionRequ
 	}
 	actx, cancel := context.WithTimeoutCause(ctx, c.cfg.AttemptTimeout, errAttemptTimeout)
 	a := &attemptInfo{}
+	if p.probe {
+		a.onReach = c.metrics.probe
+	}
 	resp, err := c.inner.CreateChatCompletion(withAttempt(actx, a), req)
 	cls, status := classify(ctx, actx, err)
 	cancel()
 	c.release()
-	seenStatus, h, _ := a.seen()
+	reached, seenStatus, h, _ := a.seen()
 	if h == nil {
 		h = resp.Header() // go-openai sets it on errors too
 	}
 	if status == 0 {
 		status = seenStatus
 	}
-	var usage *openai.Usage
+	o := attemptOutcome{p: p, reserve: reserve, start: start, err: err, cls: cls, status: status, h: h, reached: reached,
+		// The status line came back (go-openai sets the header of
+		// every reply it got, error replies included).
+		answered: err == nil || status != 0 || h != nil}
 	if err == nil {
-		usage = &resp.Usage
+		o.usage = &resp.Usage
 	}
-	return resp, c.leave(ctx, p, reserve, cls, status, h, usage, err, start)
+	return resp, c.leave(ctx, o)
 }
 
 func (c *Client) attemptStream(ctx context.Context, req openai.ChatCompletionRequest, reserve int) (*openai.ChatCompletionStream, attemptResult) {
@@ -679,13 +801,20 @@ func (c *Client) attemptStream(ctx context.Context, req openai.ChatCompletionReq
 	var once sync.Once
 	a := &attemptInfo{stream: true}
 	a.end = func() { once.Do(func() { cancel(context.Canceled); c.release() }) }
+	if p.probe {
+		a.onReach = c.metrics.probe
+	}
+	if c.cfg.Tokens != nil {
+		a.settle = func(total int) { c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, total-reserve) }
+		a.refund = func() { c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, -reserve) }
+	}
 	s, err := c.inner.CreateChatCompletionStream(withAttempt(sctx, a), req)
 	if !timer.Stop() && err == nil {
 		_ = s.Close()
 		s, err = nil, context.Cause(sctx)
 	}
 	cls, status := classify(ctx, sctx, err)
-	seenStatus, h, wrapped := a.seen()
+	reached, seenStatus, h, wrapped := a.seen()
 	switch {
 	case err != nil, s == nil:
 		a.end()
@@ -704,22 +833,98 @@ func (c *Client) attemptStream(ctx context.Context, req openai.ChatCompletionReq
 	if status == 0 {
 		status = seenStatus
 	}
-	return s, c.leave(ctx, p, reserve, cls, status, h, nil, err, start)
+	o := attemptOutcome{p: p, reserve: reserve, start: start, err: err, cls: cls, status: status, h: h, reached: reached,
+		// An error reply, or the first byte of the stream's body.
+		answered: err == nil || statusOf(err) != 0,
+		// The wrapped body settles the tokens as the stream passes.
+		bodySettles: err == nil && wrapped,
+	}
+	return s, c.leave(ctx, o)
 }
 
-// leave settles an attempt: adaptive pause, token usage, breaker.
-func (c *Client) leave(ctx context.Context, p permit, reserve int, cls class, status int, h http.Header, usage *openai.Usage, err error, start time.Time) attemptResult {
+// attemptOutcome is what one attempt that passed enter learned.
+type attemptOutcome struct {
+	p        permit
+	reserve  int
+	start    time.Time
+	err      error
+	cls      class
+	status   int
+	h        http.Header
+	reached  bool // the request reached Transport
+	answered bool // the upstream's reply began: its status line (unary), or an error reply or the first byte of its body (stream)
+	usage    *openai.Usage
+	// bodySettles: a streamed body wrapped by Transport settles the
+	// token reservation itself.
+	bodySettles bool
+}
+
+// leave settles an attempt: what it spent (see the package doc's
+// Accounting section), the adaptive pause, the breaker.
+func (c *Client) leave(ctx context.Context, o attemptOutcome) attemptResult {
 	end := c.now()
-	c.observe(ctx, h, end)
-	if usage != nil && usage.TotalTokens > 0 {
-		c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, usage.TotalTokens-reserve)
+	if o.reached {
+		c.viaTransport.Store(true)
 	}
-	c.br.finish(ctx, p, cls, failureReason(cls, status, err))
-	res := attemptResult{err: err, cls: cls, upstream: true, status: status, took: end.Sub(start), end: end}
-	if err != nil {
-		res.retryAfter = retryAfter(h, end)
+	if o.err != nil && !o.reached && (refusedLocally(o.err) || c.viaTransport.Load()) {
+		// Refused before it was sent: no attempt, no breaker count, and
+		// its budget is given back.
+		c.refund(ctx, o.reserve)
+		c.br.finish(ctx, o.p, classExcluded, "")
+		return attemptResult{err: o.err, cls: classExcluded, took: end.Sub(o.start), end: end}
 	}
+	if o.p.probe && !o.reached {
+		// Sent without Transport (with it, counted when it reached it).
+		c.metrics.probe()
+	}
+	c.observe(ctx, o.h, end)
+	if o.err != nil && isDialError(o.err) {
+		// The connection could not be made: the upstream never saw it.
+		c.adjust(ctx, c.cfg.Requests, c.cfg.RequestKey, -1)
+	}
+	switch {
+	case o.usage != nil && o.usage.TotalTokens > 0:
+		c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, o.usage.TotalTokens-o.reserve)
+	case o.bodySettles:
+	case o.err != nil && (!o.answered || o.status >= 400 && o.status < 500):
+		// Not charged: refused by the upstream (4xx, 429 included), or no
+		// reply came back (connection refused, timeout or cancellation
+		// before the first byte).
+		c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, -o.reserve)
+	}
+	res := attemptResult{err: o.err, cls: o.cls, upstream: true, status: o.status, took: end.Sub(o.start), end: end}
+	if o.err != nil {
+		res.retryAfter = retryAfter(o.h, end)
+	}
+	counted := o.cls
+	if o.cls == classRetry && o.status == http.StatusTooManyRequests {
+		// Rate limited, not failing: no breaker count, and every
+		// instance waits until the upstream said to come back.
+		counted = classExcluded
+		res.retryAfter = max(res.retryAfter, resetWait(o.h))
+		if res.retryAfter > 0 {
+			c.metrics.pause()
+			c.br.pause(ctx, end.Add(min(res.retryAfter, c.cfg.MaxPause)).UnixMilli())
+		}
+	}
+	c.br.finish(ctx, o.p, counted, failureReason(o.cls, o.status, o.err))
 	return res
+}
+
+// resetWait reads, from a 429's headers, the x-ratelimit-reset-* time of
+// each budget that has nothing remaining (or does not say), the longest.
+func resetWait(h http.Header) time.Duration {
+	var wait time.Duration
+	for _, k := range [...][2]string{
+		{"X-Ratelimit-Remaining-Requests", "X-Ratelimit-Reset-Requests"},
+		{"X-Ratelimit-Remaining-Tokens", "X-Ratelimit-Reset-Tokens"},
+	} {
+		if n, err := strconv.Atoi(strings.TrimSpace(h.Get(k[0]))); err == nil && n > 0 {
+			continue
+		}
+		wait = max(wait, parseReset(h.Get(k[1])))
+	}
+	return wait
 }
 
 func failureReason(cls class, status int, err error) string {
@@ -780,14 +985,18 @@ func parseReset(v string) time.Duration {
 // Stats is a snapshot of a Client's counters.
 type Stats struct {
 	// Calls by outcome: answered by the upstream, answered by the
-	// fallback, refused with an *UnavailableError, failed with an
-	// upstream client error, ended by the caller's ctx.
+	// fallback, refused with an *UnavailableError, failed with an error
+	// of their own (an upstream client error, a *TooLargeError, a request
+	// go-openai refused before sending), ended by the caller's ctx.
 	OK, Fallbacks, Unavailable, Errors, Canceled uint64
-	// Attempts is the number of upstream attempts; Retries of them were
-	// retries. RetriesDenied counts retries the retry budget refused.
+	// Attempts is the number of upstream attempts (requests that left
+	// the process, see the package doc's Accounting section); Retries
+	// of them were retries. RetriesDenied counts retries the retry
+	// budget refused.
 	Attempts, Retries, RetriesDenied uint64
 	// Trips counts breaker trips published by this Client; Probes the
-	// half-open probes it sent.
+	// half-open probes it sent (one per half-open period in the cluster,
+	// unless a probe ended without an outcome or Redis failed).
 	Trips, Probes uint64
 	// BulkheadFull counts calls refused by the bulkhead.
 	BulkheadFull uint64

@@ -8,25 +8,30 @@
 //
 // # Composition order
 //
-// Each call runs, from the outside in:
+// A call whose token reservation can never fit the token budget (over the
+// burst of Config.Tokens) fails first, with a *TooLargeError, before
+// anything below runs. Otherwise each call runs, from the outside in:
 //
 //	retry (full-jitter backoff, Retry-After floor, retry budget, ctx deadline)
 //	  → breaker (per-instance gobreaker + trips shared through Redis)
-//	    → adaptive pause, then limiter wait (ratelimit.WaitAll: 1 request + reserved tokens)
+//	    → shared pause, then limiter wait (ratelimit.WaitAll: 1 request + reserved tokens)
 //	      → bulkhead (MaxInFlight, BulkheadWait)
 //	        → per-attempt timeout (AttemptTimeout; for streams, until the first byte)
-//	          → upstream
+//	          → go-openai → Transport → upstream
 //
 // and falls back (FallbackText, marked degraded) or returns an
 // *UnavailableError when the upstream cannot be used. This order keeps
-// four properties:
+// these properties:
 //   - an open breaker spends no rate budget: the breaker refuses before
 //     the limiter is asked;
 //   - every upstream attempt spends budget: each retry goes through the
 //     limiter again;
-//   - limiter waits and ctx cancellations never count as breaker
-//     failures: they are reported to gobreaker as excluded (IsExcluded),
-//     as is a full bulkhead, whose budget is refunded;
+//   - what the upstream never saw spends nothing: a request too large for
+//     the budget, one go-openai refuses before sending, and one the
+//     bulkhead refuses give back what they took (see Accounting);
+//   - limiter waits, ctx cancellations, a full bulkhead, a request refused
+//     before sending and a rate-limited 429 never count as breaker
+//     failures: they are reported to gobreaker as excluded (IsExcluded);
 //   - an open breaker ends the retries: retries go round the breaker,
 //     and a refused attempt is not retried.
 //
@@ -34,18 +39,25 @@
 //
 // Only what can succeed on retry is retried: HTTP 429 (except
 // insufficient_quota), 408, 409 and 5xx, the per-attempt timeout, and
-// connection errors. 400, 401, 403, 404, 422 and the caller's cancelled
-// or expired ctx are not. Retry n waits a uniform random time in
-// [0, min(MaxDelay, BaseDelay·2^(n-1))] on top of the upstream's
-// retry-after-ms or Retry-After (seconds or HTTP date), so that clients
-// told the same delay do not wake together. A retry is not made when the
-// wait plus the duration of the failed attempt would pass ctx's deadline,
-// when Retry-After exceeds MaxDelay, or when the retry budget (RetryRatio
-// of the first attempts that reached the upstream over RetryWindow, plus
-// RetryFloor per second, as in
-// Finagle's RetryBudget and gRPC's retry throttling) is spent: a full
-// outage then costs at most (1+RetryRatio) upstream calls per call, plus
-// the floor.
+// connection errors. 400, 401, 403, 404, 422, a request go-openai refuses
+// before sending, and the caller's cancelled or expired ctx are not.
+// Retry n waits a uniform random time in [0, min(MaxDelay,
+// BaseDelay·2^(n-1))] on top of the upstream's retry-after-ms or
+// Retry-After (seconds or HTTP date) — for a 429 without them, the
+// x-ratelimit-reset-* time of each budget with nothing remaining — so
+// that clients told the same delay do not wake together. A retry is not
+// made when the wait plus the duration of the failed attempt would pass
+// ctx's deadline, when that delay exceeds MaxDelay, or when the retry
+// budget (RetryRatio of the first attempts that reached the upstream over
+// RetryWindow, plus RetryFloor per second, as in Finagle's RetryBudget and
+// gRPC's retry throttling) is spent: a full outage then costs at most
+// (1+RetryRatio) upstream calls per call, plus the floor.
+//
+// A 429 that says when to come back is a pause for everyone: every
+// instance (through the Redis hash below) waits until then, capped by
+// MaxPause, before spending budget, and a call that cannot wait that long
+// within its ctx deadline falls back with ReasonRateLimited without
+// calling. The pause is the one of the adaptive budget below.
 //
 // go-openai does not expose the headers of an error reply, so Transport,
 // which HTTPClient installs, records the status and headers of each
@@ -57,20 +69,35 @@
 //
 // Each instance keeps its own gobreaker (sony/gobreaker/v2), which counts
 // outcomes over BreakerWindow and trips at BreakerRatio failures after
-// BreakerMinRequests counted attempts. A trip is published: with Redis,
-// "open until T" and the reason go into one hash (a Lua script keeps the
-// later deadline when two instances trip), and the local gobreaker starts
-// over. Every instance reads that hash at most every RefreshEvery and
-// treats the upstream as open until T, answering with the fallback
-// without spending budget. After T, one instance in the cluster takes a
-// short lease (SET NX PX) and sends the half-open probe while the others
-// keep falling back; the probe's success closes the breaker for everyone
-// (only if no newer trip happened), its failure re-opens it until
-// now+OpenFor. No lock is held across an upstream call, so calls through
-// a closed breaker are never serialised. Deadlines come from Config.Now,
-// so every instance's clock must be roughly in sync. Without Redis the
-// same state lives in the process. If Redis fails, the process keeps its
-// last known state, its own trips, and probes alone.
+// BreakerMinRequests counted attempts. Failures are 5xx, 408, 409, attempt
+// timeouts, connection failures and insufficient_quota; answers,
+// client errors (400, 401, 403, 404, 422) included, are successes; a 429
+// rate limit is not counted (the upstream is up and said when to come
+// back: the shared pause handles it, not OpenFor).
+//
+// A trip is published: with Redis, "open until T" and the reason go into
+// one hash (a Lua script keeps the later deadline when two instances
+// trip), and the local gobreaker starts over. Every instance reads that
+// hash at most every RefreshEvery and treats the upstream as open until
+// T, answering with the fallback without spending budget. After T, one
+// instance in the cluster takes a short lease and sends the half-open
+// probe while the others keep falling back. The lease is taken by a
+// script only while the hash still holds T, so an instance whose cached
+// view is stale (another instance's probe has since closed or re-opened
+// the breaker) adopts the newer state instead of probing the same period
+// again. The probe's success closes the breaker for everyone (only if no
+// newer trip happened), its failure re-opens it until now+OpenFor; a
+// probe that ends without an outcome (its caller's ctx ended, the budget
+// or the bulkhead refused it, go-openai refused it) releases the lease for
+// another. No lock is held across an upstream call, so calls through a
+// closed breaker are never serialised. Deadlines come from Config.Now, so
+// every instance's clock must be roughly in sync. Without Redis the same
+// state lives in the process. If Redis fails, the process keeps its last
+// known state, its own trips, and probes alone.
+//
+// The keys are <Prefix>chat:{<Name>}:breaker (the hash) and
+// <Prefix>chat:{<Name>}:probe (the lease); Client.LoadScripts warms the
+// scripts on every server at startup.
 //
 // # Adaptive budget
 //
@@ -78,6 +105,87 @@
 // or below LowRemainingRequests or LowRemainingTokens, every instance
 // (through the same Redis hash) pauses before spending budget until the
 // matching x-ratelimit-reset-* time, capped by MaxPause.
+//
+// # Accounting
+//
+// Each attempt spends 1 from the request budget and reserves tokens (the
+// prompt estimate plus the reply's maximum) from the token budget before
+// it is sent. What happens to them afterwards, by outcome:
+//
+//	outcome                                          request   tokens    attempt  breaker
+//	reservation over the token burst (TooLarge)      -         -         no       -
+//	breaker open, pause or budget not in time         -         -         no       -
+//	bulkhead full                                    back      back      no       -
+//	refused by go-openai before sending              back      back      no       -
+//	connection not made (refused, DNS, dial timeout)  back      back      yes      failure
+//	no reply: timeout or connection lost before the
+//	  first byte                                     kept      back      yes      failure
+//	the caller's ctx ends before the first byte      kept      back      yes      -
+//	4xx: 400, 401, 403, 404, 422                     kept      back      yes      success
+//	4xx: 408, 409                                    kept      back      yes      failure
+//	429 rate limited                                 kept      back      yes      -
+//	429 insufficient_quota                           kept      back      yes      failure
+//	5xx                                              kept      kept      yes      failure
+//	2xx, unary                                       kept      usage     yes      success
+//	2xx, stream                                      kept      usage     yes      success
+//
+// ("-": nothing was spent; "back": given back with Adjust; "usage":
+// settled to the total_tokens the upstream reported, charging more when
+// the reply used more than reserved, and kept as reserved when it
+// reported none; for streams, see below.) The first byte is, for a unary
+// call, the response's status line, and for a stream the first byte of
+// its body. "attempt" is what Stats.Attempts and the attempts metric
+// count, and what funds the retry budget.
+//
+// Why: OpenAI counts every request it receives against the request limit
+// ("unsuccessful requests contribute to your per-minute limit", OpenAI's
+// help article on 429 errors), so a request that reached the upstream
+// stays spent whatever the answer, and one that never left the process,
+// or whose connection could not be made, is given back. The token limit
+// is charged when the upstream admits a request, with the same estimate
+// the Client reserves, and settled by the reply's usage; a request the
+// upstream refuses (any 4xx, a 429 included: rate limits are checked
+// before admission) is not charged. When no reply came at all, nothing
+// says the request was admitted, and keeping the reservation would charge
+// the local budget once more for every retry of a silent upstream: it is
+// given back, at the risk of under-counting a request that was admitted
+// and then lost. A 5xx comes from an upstream that may have admitted the
+// request and worked on it: the reservation is kept, erring on the side
+// of not overrunning the upstream's budget.
+//
+// Streams: with a token budget, a request without StreamOptions is sent
+// with stream_options {"include_usage": true} (unless DisableStreamUsage),
+// so the stream ends with one chunk that has no choices and carries the
+// usage. The Transport reads the stream's events as they pass to the
+// caller and, when the stream ends (data: [DONE], an error event, or the
+// end of the body), settles the reservation to the last usage reported;
+// if no chunk with a choice passed and no usage came, the reservation is
+// given back; if choices passed but no usage (the upstream ignores
+// stream_options), it is kept. A stream closed before its end keeps its
+// reservation unless its usage had already passed: the upstream may have
+// produced a reply nobody read. The settlement is an Adjust made while the
+// caller reads the last events, bounded by RedisTimeout.
+//
+// Requests refused before sending are recognised this way. With
+// Transport, an attempt counts as sent when its request reached the
+// Transport; once a Client has seen its Transport carry one request, an
+// attempt that does not reach it is taken as refused before sending,
+// whatever its error (so a Client's upstream must either always or never
+// go through Transport). Without Transport (an http.Client of your own,
+// or a Completer that is not go-openai), the Client recognises, with
+// errors.Is and errors.As, go-openai's exported validation errors
+// (ErrChatCompletionStreamNotSupported, ErrChatCompletionInvalidModel,
+// ErrContentFieldsMisused, ErrReasoningModelMaxTokensDeprecated and the
+// other ErrReasoning* and ErrO1BetaLimitations* errors) and JSON encoding
+// errors; any other error then counts as an upstream attempt, and a
+// stream's tokens cannot be settled (its reservation is kept).
+//
+// A Limiter that exposes its Limit (*ratelimit.Local, *ratelimit.Redis)
+// lets the Client find a request too large before the breaker is asked;
+// for another Limiter, the *chatscale.InputError its WaitAll returns
+// before spending anything becomes the same *TooLargeError (with Burst
+// zero), but only once the breaker let the attempt through: while the
+// breaker is open such a call gets the fallback like any other.
 //
 // # Degraded replies
 //
@@ -87,8 +195,9 @@
 //
 // # Metrics
 //
-// With Config.Registerer, a Client registers these collectors, each with
-// the constant label client=<Config.Name>:
+// With Config.Registerer, a Client registers these collectors, all or
+// nothing, each with the constant label client=<Config.Name> and
+// Config.ConstLabels, under Config.Namespace (default "ai_chat"):
 //
 //	ai_chat_client_calls_total{outcome}        ok, fallback, unavailable, error, canceled
 //	ai_chat_client_attempts_total{result}      upstream attempts: ok, retryable, fatal, excluded
@@ -101,7 +210,11 @@
 //	ai_chat_client_breaker_state               0 closed, 1 half-open, 2 open
 //	ai_chat_client_in_flight                   bulkhead slots in use
 //
-// They describe the upstream client only; the per-turn metrics
+// Two Clients share a registry when their Names or ConstLabels differ;
+// Client.Close unregisters the collectors. The "error" outcome counts
+// calls that returned an error of their own: a client error of the
+// upstream, a *TooLargeError, a request go-openai refused. The metrics
+// describe the upstream client only; the per-turn metrics
 // ai_chat_requests_total and ai_chat_request_duration_seconds belong to
 // the turn pipeline, not to Client.
 package chat

@@ -4,19 +4,65 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/chatscale/chatscale"
 )
 
-// Sentinel errors. Callers test for them with errors.Is.
+// Sentinel errors. Callers test for them with errors.Is. NewClient's
+// errors for impossible settings are *chatscale.ConfigError values
+// (chatscale.ErrInvalidConfig).
 var (
 	// ErrUnavailable means the upstream could not be used for this call:
 	// the breaker is open, the bulkhead is full, the budget cannot be had
-	// in time, or the retries are spent. The error is an
-	// *UnavailableError. With a fallback configured, callers get the
-	// fallback reply instead of this error.
+	// in time, the budget's store failed, or the retries are spent. The
+	// error is an *UnavailableError. With a fallback configured, callers
+	// get the fallback reply instead of this error. It may succeed later.
 	ErrUnavailable = errors.New("chat: upstream unavailable")
-	// ErrInvalidConfig means NewClient was given impossible settings.
-	ErrInvalidConfig = errors.New("chat: invalid config")
+	// ErrTooLarge means a request's token reservation (its prompt
+	// estimate plus its reply's maximum, see Config.Tokens) is larger
+	// than the token budget's burst, so it could never be spent. The
+	// error is a *TooLargeError; it also matches chatscale.ErrInvalidInput.
+	// Retrying the same request cannot succeed, and no fallback answers
+	// it: shorten the messages or lower MaxCompletionTokens.
+	ErrTooLarge = errors.New("chat: request too large for the token budget")
 )
+
+// TooLargeError is returned for a request whose token reservation can
+// never fit the token budget. It is returned before anything is spent: no
+// request or token budget, no upstream call, no breaker count, no attempt.
+// errors.Is matches ErrTooLarge and chatscale.ErrInvalidInput; Unwrap
+// returns a *chatscale.InputError.
+type TooLargeError struct {
+	// Tokens is the reservation the request needed.
+	Tokens int
+	// Burst is the token budget's burst, the largest cost it can ever
+	// grant; zero when the Limiter does not expose its Limit (the
+	// Limiter then refused the cost itself, see Err).
+	Burst int
+	// Err is the *chatscale.InputError describing the refusal: the
+	// Limiter's own when it refused the cost, else one built by chat.
+	Err error
+}
+
+// Error says how many tokens the request needed and the budget's burst.
+func (e *TooLargeError) Error() string {
+	s := fmt.Sprintf("chat: request too large: it reserves %d tokens", e.Tokens)
+	switch {
+	case e.Burst > 0:
+		s += fmt.Sprintf(", over the token budget's burst %d", e.Burst)
+	case e.Err != nil:
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+// Is reports whether target is ErrTooLarge or chatscale.ErrInvalidInput.
+func (e *TooLargeError) Is(target error) bool {
+	return target == ErrTooLarge || target == chatscale.ErrInvalidInput
+}
+
+// Unwrap returns the *chatscale.InputError describing the refusal.
+func (e *TooLargeError) Unwrap() error { return e.Err }
 
 // Reason says why a call could not use the upstream.
 type Reason string
@@ -34,7 +80,7 @@ const (
 	// ctx's deadline, or the upstream asked to wait longer than allowed.
 	ReasonRateLimited Reason = "rate_limited"
 	// ReasonLimiterDown: the shared budget's store failed and the limiter
-	// fails closed.
+	// fails closed (ratelimit.ErrUnavailable).
 	ReasonLimiterDown Reason = "limiter_unavailable"
 	// ReasonQuota: the upstream answered insufficient_quota.
 	ReasonQuota Reason = "quota_exhausted"

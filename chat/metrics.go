@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/chatscale/chatscale/internal/prom"
 )
 
 // outcome is how a call ended, for Stats and the calls metric.
@@ -31,6 +33,7 @@ var reasons = []Reason{ReasonBreakerOpen, ReasonBulkheadFull, ReasonRateLimited,
 type metrics struct {
 	n counters
 
+	reg       *prom.Registration              // nil without a Registerer
 	calls     [numOutcomes]prometheus.Counter // nil without a Registerer
 	attempts  [numClasses]prometheus.Counter
 	fallbacks map[Reason]prometheus.Counter
@@ -41,53 +44,55 @@ type metrics struct {
 	wait      prometheus.Histogram
 }
 
-// newMetrics registers the collectors on reg (nil: none). Every series
-// carries the constant label client=<name>.
-func newMetrics(reg prometheus.Registerer, name string, c *Client) (*metrics, error) {
+// newMetrics registers the collectors on o.Registerer (nil: none), all or
+// nothing. Every series carries the constant label client=<name> and
+// o.ConstLabels.
+func newMetrics(o prom.Opts, name string, c *Client) (*metrics, error) {
 	m := &metrics{}
-	if reg == nil {
+	if o.Registerer == nil {
 		return m, nil
 	}
-	labels := prometheus.Labels{"client": name}
+	labels := o.Labels("client", name)
+	fq := func(n string) string { return o.Name("client", n) }
 	calls := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ai_chat_client_calls_total", ConstLabels: labels,
+		Name: fq("calls_total"), ConstLabels: labels,
 		Help: "Calls by outcome: ok, fallback, unavailable, error, canceled.",
 	}, []string{"outcome"})
 	attempts := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ai_chat_client_attempts_total", ConstLabels: labels,
+		Name: fq("attempts_total"), ConstLabels: labels,
 		Help: "Upstream attempts by result: ok, retryable, fatal, excluded.",
 	}, []string{"result"})
 	m.retries = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "ai_chat_client_retries_total", ConstLabels: labels,
+		Name: fq("retries_total"), ConstLabels: labels,
 		Help: "Retries sent.",
 	})
 	m.denied = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "ai_chat_client_retries_denied_total", ConstLabels: labels,
+		Name: fq("retries_denied_total"), ConstLabels: labels,
 		Help: "Retries refused by the retry budget.",
 	})
 	fallbacks := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ai_chat_client_fallbacks_total", ConstLabels: labels,
+		Name: fq("fallbacks_total"), ConstLabels: labels,
 		Help: "Fallback replies by reason.",
 	}, []string{"reason"})
 	m.trips = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "ai_chat_client_breaker_trips_total", ConstLabels: labels,
+		Name: fq("breaker_trips_total"), ConstLabels: labels,
 		Help: "Breaker trips published by this instance.",
 	})
 	m.probes = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "ai_chat_client_breaker_probes_total", ConstLabels: labels,
+		Name: fq("breaker_probes_total"), ConstLabels: labels,
 		Help: "Half-open probes sent by this instance.",
 	})
 	m.wait = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "ai_chat_client_limiter_wait_seconds", ConstLabels: labels,
+		Name: fq("limiter_wait_seconds"), ConstLabels: labels,
 		Help:    "Time spent waiting for request and token budget per attempt.",
 		Buckets: []float64{.001, .01, .05, .1, .5, 1, 2, 5, 10},
 	})
 	state := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "ai_chat_client_breaker_state", ConstLabels: labels,
+		Name: fq("breaker_state"), ConstLabels: labels,
 		Help: "Breaker state as this instance sees it: 0 closed, 1 half-open, 2 open.",
 	}, func() float64 { return float64(c.br.state()) })
 	inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "ai_chat_client_in_flight", ConstLabels: labels,
+		Name: fq("in_flight"), ConstLabels: labels,
 		Help: "Upstream calls and open streams holding a bulkhead slot.",
 	}, func() float64 {
 		if c.bulk == nil {
@@ -95,11 +100,11 @@ func newMetrics(reg prometheus.Registerer, name string, c *Client) (*metrics, er
 		}
 		return float64(len(c.bulk))
 	})
-	for _, col := range []prometheus.Collector{calls, attempts, m.retries, m.denied, fallbacks, m.trips, m.probes, m.wait, state, inFlight} {
-		if err := reg.Register(col); err != nil {
-			return nil, err
-		}
+	reg, err := prom.Register("chat", o.Registerer, calls, attempts, m.retries, m.denied, fallbacks, m.trips, m.probes, m.wait, state, inFlight)
+	if err != nil {
+		return nil, err
 	}
+	m.reg = reg
 	for o, name := range outcomeNames {
 		m.calls[o] = calls.WithLabelValues(name)
 	}

@@ -2,6 +2,7 @@ package chat
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,8 +25,9 @@ const (
 	// retrying cannot help). Counts as a breaker success.
 	classOK class = iota
 	// classRetry: an error that can succeed on retry (429, 408, 409,
-	// 5xx, attempt timeout, connection reset). Counts as a breaker
-	// failure.
+	// 5xx, attempt timeout, connection refused or reset). Counts as a
+	// breaker failure, except a 429 (rate limited, not failing), which
+	// the breaker does not count.
 	classRetry
 	// classFatal: an upstream failure that retrying cannot fix
 	// (insufficient_quota). Counts as a breaker failure.
@@ -74,6 +76,48 @@ func classify(ctx, actx context.Context, err error) (class, int) {
 		return classRetry, 0
 	}
 	return classOK, 0
+}
+
+// localErrors are go-openai's (v1.43) exported errors for a request it
+// refuses before sending: checks of CreateChatCompletion and
+// CreateChatCompletionStream, and of its ReasoningValidator.
+var localErrors = [...]error{
+	openai.ErrChatCompletionStreamNotSupported,
+	openai.ErrChatCompletionInvalidModel,
+	openai.ErrContentFieldsMisused,
+	openai.ErrReasoningModelMaxTokensDeprecated,
+	openai.ErrReasoningModelLimitationsLogprobs,
+	openai.ErrReasoningModelLimitationsOther,
+	openai.ErrReasoningEffortUnsupported,
+	openai.ErrReasoningToolsRequireResponses,
+	openai.ErrReasoningSamplingUnsupported,
+	openai.ErrO1BetaLimitationsMessageTypes,
+	openai.ErrO1BetaLimitationsTools,
+}
+
+// refusedLocally reports whether err says the request was refused before
+// it was sent, whatever the transport: one of go-openai's exported
+// validation errors, or a request body that could not be encoded.
+func refusedLocally(err error) bool {
+	for _, e := range localErrors {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var (
+		uv *json.UnsupportedValueError
+		ut *json.UnsupportedTypeError
+		me *json.MarshalerError
+	)
+	return errors.As(err, &uv) || errors.As(err, &ut) || errors.As(err, &me)
+}
+
+// isDialError reports whether err says the connection to the upstream
+// could not be made (refused, unreachable, DNS, dial timeout): the
+// request was never written.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
 }
 
 // statusOf returns the HTTP status carried by a go-openai error, or 0.

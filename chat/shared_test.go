@@ -16,7 +16,7 @@ import (
 // instances.
 func twoInstances(t *testing.T, env *testutil.RedisEnv, fake *testutil.FakeOpenAI, cfg Config) (*Client, *Client) {
 	t.Helper()
-	cfg.KeyPrefix = env.Prefix + "chat"
+	cfg.Prefix = env.Prefix
 	cfg.Redis = env.Client
 	a := newTestClient(t, fake, cfg, false)
 	cfg.Redis = env.NewClient()
@@ -115,7 +115,7 @@ func TestSharedTripThroughRedis(t *testing.T) {
 
 func TestSecondTripKeepsLaterDeadline(t *testing.T) {
 	env := testutil.Redis(t)
-	s := &redisTrips{rdb: env.Client, stateK: stateKey(env.Prefix+"chat", "openai"), leaseK: leaseKey(env.Prefix+"chat", "openai")}
+	s := &redisTrips{rdb: env.Client, stateK: stateKey(env.Prefix, "openai"), leaseK: leaseKey(env.Prefix, "openai")}
 	ctx := context.Background()
 	now := time.Now().UnixMilli()
 	if st, err := s.extend(ctx, "until", now+60_000, "status 503", time.Minute, ""); err != nil || st.until != now+60_000 {
@@ -128,17 +128,22 @@ func TestSecondTripKeepsLaterDeadline(t *testing.T) {
 	if st, _ := s.extend(ctx, "until", now+90_000, "timeout", time.Minute, ""); st.until != now+90_000 || st.reason != "timeout" {
 		t.Fatalf("later trip: %+v", st)
 	}
+	// A lease only for the deadline that holds now: a stale view learns
+	// the state instead.
+	if ok, st, err := s.lease(ctx, "x", time.Minute, 0, now+60_000); ok || err != nil || st.until != now+90_000 || st.reason != "timeout" {
+		t.Fatalf("lease for a stale deadline: %v %+v %v", ok, st, err)
+	}
 	// One lease at a time; close only for the probed deadline.
-	if ok, err := s.lease(ctx, "x", time.Minute, 0); !ok || err != nil {
+	if ok, _, err := s.lease(ctx, "x", time.Minute, 0, now+90_000); !ok || err != nil {
 		t.Fatalf("lease: %v %v", ok, err)
 	}
-	if ok, _ := s.lease(ctx, "y", time.Minute, 0); ok {
+	if ok, _, _ := s.lease(ctx, "y", time.Minute, 0, now+90_000); ok {
 		t.Fatal("second lease granted")
 	}
 	if closed, _ := s.close(ctx, now+60_000, "x"); closed {
 		t.Fatal("closed a newer trip")
 	}
-	if ok, _ := s.lease(ctx, "y", time.Minute, 0); !ok {
+	if ok, _, _ := s.lease(ctx, "y", time.Minute, 0, now+90_000); !ok {
 		t.Fatal("lease not released by its holder")
 	}
 	if closed, err := s.close(ctx, now+90_000, "y"); !closed || err != nil {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/internal/prom"
+	"github.com/chatscale/chatscale/internal/scripts"
 	"github.com/chatscale/chatscale/internal/timeutil"
 )
 
@@ -37,7 +38,7 @@ var (
 	fill    = redis.NewScript(fillSrc)
 
 	// scripts are the scripts LoadScripts loads.
-	scripts = []*redis.Script{getOrLock, fill}
+	luaScripts = []*redis.Script{getOrLock, fill}
 )
 
 // Polling bounds of a wait for another instance's load.
@@ -595,25 +596,7 @@ func (c *Cache) LoadScripts(ctx context.Context) error {
 	if closed {
 		return ErrClosed
 	}
-	load := func(ctx context.Context, s redis.Scripter) error {
-		for _, sc := range scripts {
-			if err := sc.Load(ctx, s).Err(); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	var err error
-	switch rdb := c.rdb.(type) {
-	case *redis.Ring:
-		// A Ring sends a keyless command to one shard only.
-		err = rdb.ForEachShard(ctx, func(ctx context.Context, shard *redis.Client) error {
-			return load(ctx, shard)
-		})
-	default:
-		// ClusterClient.ScriptLoad runs on every shard itself.
-		err = load(ctx, rdb)
-	}
+	err := scripts.Load(ctx, c.rdb, luaScripts...)
 	if err != nil {
 		return c.redisError(ctx, "loading scripts", err)
 	}

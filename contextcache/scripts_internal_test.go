@@ -18,7 +18,7 @@ func noSource(context.Context, string, string) (Document, error) { return Docume
 // that c's server does not hold.
 func scriptsLoaded(ctx context.Context, c *redis.Client) error {
 	var hashes []string
-	for _, s := range scripts {
+	for _, s := range luaScripts {
 		hashes = append(hashes, s.Hash())
 	}
 	ok, err := c.ScriptExists(ctx, hashes...).Result()

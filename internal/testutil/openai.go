@@ -60,6 +60,11 @@ type FakeStep struct {
 	// CutAfter, for a streamed request, sends that many chunks and then
 	// breaks the connection. Zero means no cut.
 	CutAfter int
+	// StreamError, for a streamed request, sends the response headers and
+	// then, before any chunk, an in-stream error event (data: {"error":
+	// ...}) and ends the stream, as OpenAI does when a stream fails after
+	// it was accepted.
+	StreamError bool
 }
 
 // FakeEvent records one request the fake received.
@@ -80,7 +85,10 @@ type FakeEvent struct {
 // FakeOpenAI is an OpenAI Chat Completions server on 127.0.0.1 for tests.
 // Its replies reveal what was sent: the content is
 // `reply to "<last user message>" (model M, N messages, max_tokens K)`.
-// It is safe for concurrent use.
+// A unary reply carries its usage; a streamed reply carries it, as
+// OpenAI's does, only when the request set stream_options.include_usage:
+// then every chunk has "usage": null and one last chunk, with no choices,
+// has the usage. It is safe for concurrent use.
 type FakeOpenAI struct {
 	// URL is the base URL to give go-openai (it ends with /v1).
 	URL string
@@ -386,16 +394,43 @@ func (f *FakeOpenAI) admit(tokens int) (http.Header, time.Duration, bool) {
 
 func (f *FakeOpenAI) stream(ctx context.Context, w http.ResponseWriter, seq int, req openai.ChatCompletionRequest, reply string, step FakeStep) {
 	fl, _ := w.(http.Flusher)
+	flush := func() {
+		if fl != nil {
+			fl.Flush()
+		}
+	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	if fl != nil {
-		fl.Flush()
-	}
+	flush()
 	if step.StallStream {
 		f.hang(ctx)
 		return
 	}
+	if step.StreamError {
+		_, _ = fmt.Fprint(w, `data: {"error":{"message":"fake: stream failed","type":"server_error","code":"server_error"}}`+"\n\n")
+		flush()
+		return
+	}
+	withUsage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage
+	send := func(chunk openai.ChatCompletionStreamResponse) bool {
+		var b []byte
+		if withUsage {
+			// OpenAI sends "usage": null in every chunk but the last.
+			b, _ = json.Marshal(struct {
+				openai.ChatCompletionStreamResponse
+				Usage *openai.Usage `json:"usage"`
+			}{chunk, chunk.Usage})
+		} else {
+			b, _ = json.Marshal(chunk)
+		}
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+			return false
+		}
+		flush()
+		return true
+	}
+	id := fmt.Sprintf("chatcmpl-fake-%d", seq)
 	words := strings.SplitAfter(reply, " ")
 	for i, word := range words {
 		if step.CutAfter > 0 && i == step.CutAfter {
@@ -405,26 +440,27 @@ func (f *FakeOpenAI) stream(ctx context.Context, w http.ResponseWriter, seq int,
 			return
 		}
 		chunk := openai.ChatCompletionStreamResponse{
-			ID: fmt.Sprintf("chatcmpl-fake-%d", seq), Object: "chat.completion.chunk", Model: req.Model,
+			ID: id, Object: "chat.completion.chunk", Model: req.Model,
 			Choices: []openai.ChatCompletionStreamChoice{{Delta: openai.ChatCompletionStreamChoiceDelta{Content: word}}},
 		}
 		if i == len(words)-1 {
 			chunk.Choices[0].FinishReason = openai.FinishReasonStop
-			u := usage(req, reply)
-			chunk.Usage = &u
 		}
-		b, _ := json.Marshal(chunk)
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+		if !send(chunk) {
 			return
 		}
-		if fl != nil {
-			fl.Flush()
+	}
+	if withUsage {
+		u := usage(req, reply)
+		if !send(openai.ChatCompletionStreamResponse{
+			ID: id, Object: "chat.completion.chunk", Model: req.Model,
+			Choices: []openai.ChatCompletionStreamChoice{}, Usage: &u,
+		}) {
+			return
 		}
 	}
 	_, _ = fmt.Fprint(w, "data: [DONE]\n\n")
-	if fl != nil {
-		fl.Flush()
-	}
+	flush()
 }
 
 // wait waits d, and reports false when the client left or the server closed.

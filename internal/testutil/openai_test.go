@@ -151,3 +151,64 @@ func TestFakeOpenAICloseEndsHangs(t *testing.T) {
 	}
 	f.Close() // idempotent
 }
+
+func TestFakeOpenAIStreamUsageOnRequest(t *testing.T) {
+	f := OpenAI(t, OpenAIConfig{})
+	req := fakeRequest("count me")
+	req.StreamOptions = &openai.StreamOptions{IncludeUsage: true}
+	s, err := fakeClient(f).CreateChatCompletionStream(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var (
+		b     strings.Builder
+		got   *openai.Usage
+		after int // chunks after the usage chunk
+	)
+	for range 100 {
+		chunk, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != nil {
+			after++
+		}
+		for _, c := range chunk.Choices {
+			b.WriteString(c.Delta.Content)
+		}
+		if chunk.Usage != nil {
+			if len(chunk.Choices) != 0 {
+				t.Fatalf("usage chunk has %d choices, want none", len(chunk.Choices))
+			}
+			got = chunk.Usage
+		}
+	}
+	if b.String() != Reply(req) {
+		t.Fatalf("streamed %q", b.String())
+	}
+	if want := usage(req, Reply(req)); got == nil || *got != want || after != 0 {
+		t.Fatalf("usage %+v (want %+v), %d chunks after it", got, want, after)
+	}
+	if ev := f.Events(); len(ev) != 1 || ev[0].Request.StreamOptions == nil || !ev[0].Request.StreamOptions.IncludeUsage {
+		t.Fatalf("events %+v", ev)
+	}
+}
+
+func TestFakeOpenAIStreamError(t *testing.T) {
+	f := OpenAI(t, OpenAIConfig{})
+	f.Script(FakeStep{StreamError: true})
+	s, err := fakeClient(f).CreateChatCompletionStream(context.Background(), fakeRequest("fail"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = s.Recv()
+	var ae *openai.APIError
+	if !errors.As(err, &ae) || ae.Type != "server_error" {
+		t.Fatalf("recv: %v", err)
+	}
+}

@@ -1,7 +1,9 @@
 // Package testutil holds the test fixtures shared by chatscale's packages:
-// a Redis for each test (miniredis, or a real server or cluster when the
-// environment names one), an embedded MongoDB-wire server and a fake OpenAI
-// API. It is internal: only the *test conformance packages are exported.
+// a Redis for each test (miniredis, or a real server, cluster or Sentinel
+// when the environment names one), a fake OpenAI API and a fake clock. The
+// embedded MongoDB-wire server lives in the nested module
+// internal/mongotest, so that the library's go.mod stays free of it. It is
+// internal: only the *test conformance packages are exported.
 package testutil
 
 import (
