@@ -276,7 +276,9 @@ func TestAccountingByOutcome(t *testing.T) {
 		{name: "400 gives tokens back", step: &testutil.FakeStep{Status: 400}, reqsLeft: 99, attempts: 1},
 		{name: "404 gives tokens back", step: &testutil.FakeStep{Status: 404}, reqsLeft: 99, attempts: 1},
 		{name: "429 gives tokens back", step: &testutil.FakeStep{Status: 429}, reqsLeft: 99, attempts: 1},
-		{name: "insufficient_quota gives tokens back", step: &testutil.FakeStep{Status: 429, Code: "insufficient_quota"}, reqsLeft: 99, failures: 1, attempts: 1},
+		{name: "insufficient_quota gives tokens back", step: &testutil.FakeStep{Status: 429, Code: "insufficient_quota"}, reqsLeft: 99, attempts: 1},
+		{name: "409 gives tokens back, no breaker failure", step: &testutil.FakeStep{Status: 409}, reqsLeft: 99, attempts: 1},
+		{name: "408 is a breaker failure", step: &testutil.FakeStep{Status: 408}, reqsLeft: 99, failures: 1, attempts: 1},
 		{name: "5xx keeps both", step: &testutil.FakeStep{Status: 503}, reqsLeft: 99, keepTokens: true, failures: 1, attempts: 1},
 		{name: "connection refused gives both back", url: refusedURL, reqsLeft: 100, failures: 1, attempts: 1},
 		{name: "timeout before the first byte gives tokens back", step: &testutil.FakeStep{Hang: true},
@@ -492,6 +494,35 @@ func TestOneProbePerHalfOpenPeriod(t *testing.T) {
 	}
 	if pa, pb := a.Stats().Probes, b.Stats().Probes; pa != 2 || pb != 0 {
 		t.Fatalf("probes: a %d, b %d; want 2, 0", pa, pb)
+	}
+}
+
+// A 429 answering a half-open probe closes the breaker: the upstream is
+// up. Before, the probe was released as if it had no outcome and every
+// retry of the call probed again within one half-open period.
+func TestRateLimitedProbeClosesBreaker(t *testing.T) {
+	env := testutil.Redis(t)
+	fake := testutil.OpenAI(t, testutil.OpenAIConfig{})
+	clk := newClock()
+	const openFor = 5 * time.Second
+	a, _ := twoInstances(t, env, fake, Config{MaxAttempts: 3, BaseDelay: time.Millisecond, BreakerMinRequests: 2, OpenFor: openFor, Now: clk.Now})
+	ctx := context.Background()
+	fake.Always(&testutil.FakeStep{Status: 502})
+	for range 2 {
+		_, _ = a.CreateChatCompletion(ctx, request("fail"))
+	}
+	if a.Stats().Breaker != "open" {
+		t.Fatalf("a did not trip: %+v", a.Stats())
+	}
+	clk.Advance(openFor + 10*time.Millisecond)
+	fake.Always(&testutil.FakeStep{Status: 429})
+	before := fake.Requests()
+	_, _ = a.CreateChatCompletion(ctx, request("probe"))
+	if st := a.Stats(); st.Probes != 1 || st.Breaker != "closed" {
+		t.Fatalf("after a 429 probe: probes %d, breaker %s; want 1, closed", st.Probes, st.Breaker)
+	}
+	if n := fake.Requests() - before; n < 1 {
+		t.Fatalf("the probe sent %d requests", n)
 	}
 }
 

@@ -179,7 +179,8 @@ type Config struct {
 	// ai_chat_client_calls_total.
 	Namespace string
 	// ConstLabels are added to every series, next to client=<Name>; they
-	// must not hold "client". Two Clients can share a Registerer when
+	// must not hold the labels the Client sets: "client", "outcome",
+	// "result" and "reason". Two Clients can share a Registerer when
 	// their Names or ConstLabels differ. Nil means none.
 	ConstLabels prometheus.Labels
 	// Logger logs trips, probes and store errors. Nil means discard.
@@ -281,8 +282,8 @@ func (c Config) withDefaults() (Config, error) {
 	case c.BreakerWindow < 10*time.Nanosecond:
 		return c, configError("Config.BreakerWindow", c.BreakerWindow.String()+": too short")
 	}
-	if _, ok := c.ConstLabels["client"]; ok {
-		return c, configError("Config.ConstLabels", `holds "client", the label the Client sets to Name`)
+	if err := prom.CheckLabels("chat", c.ConstLabels, "client", "outcome", "result", "reason"); err != nil {
+		return c, err
 	}
 	if err := keyspace.Check("chat", "Config.Prefix", c.Prefix); err != nil {
 		return c, err
@@ -587,8 +588,8 @@ func (c *Client) fits(reserve int) error {
 		return nil
 	}
 	return &TooLargeError{Tokens: reserve, Burst: c.tokenBurst, Err: &chatscale.InputError{
-		Package: "chat", Field: "req",
-		Reason: fmt.Sprintf("reserves %d tokens, over the token budget's burst %d", reserve, c.tokenBurst),
+		Package: "chat", Field: "Messages",
+		Reason: fmt.Sprintf("with the reply's maximum they reserve %d tokens, over the token budget's burst %d", reserve, c.tokenBurst),
 	}}
 }
 
@@ -896,11 +897,10 @@ func (c *Client) leave(ctx context.Context, o attemptOutcome) attemptResult {
 	if o.err != nil {
 		res.retryAfter = retryAfter(o.h, end)
 	}
-	counted := o.cls
+	counted := breakerClass(o.cls, o.status, o.p.probe)
 	if o.cls == classRetry && o.status == http.StatusTooManyRequests {
-		// Rate limited, not failing: no breaker count, and every
-		// instance waits until the upstream said to come back.
-		counted = classExcluded
+		// Rate limited, not failing: every instance waits until the
+		// upstream said to come back.
 		res.retryAfter = max(res.retryAfter, resetWait(o.h))
 		if res.retryAfter > 0 {
 			c.metrics.pause()
@@ -909,6 +909,26 @@ func (c *Client) leave(ctx context.Context, o attemptOutcome) attemptResult {
 	}
 	c.br.finish(ctx, o.p, counted, failureReason(o.cls, o.status, o.err))
 	return res
+}
+
+// breakerClass is how an attempt counts for the breaker. Failures are
+// 5xx, timeouts (408, or no reply in time) and connection failures: an
+// upstream that is down. Any other error came from an upstream that
+// answered: a 409, a 429 (the shared pause handles it) or
+// insufficient_quota count as neither success nor failure, and close the
+// breaker when they answer a half-open probe, so that one probe per
+// half-open period is enough.
+func breakerClass(cls class, status int, probe bool) class {
+	if cls != classRetry && cls != classFatal {
+		return cls
+	}
+	if status == 0 || status >= 500 || status == http.StatusRequestTimeout {
+		return classRetry
+	}
+	if probe {
+		return classOK
+	}
+	return classExcluded
 }
 
 // resetWait reads, from a 429's headers, the x-ratelimit-reset-* time of

@@ -69,11 +69,14 @@
 //
 // Each instance keeps its own gobreaker (sony/gobreaker/v2), which counts
 // outcomes over BreakerWindow and trips at BreakerRatio failures after
-// BreakerMinRequests counted attempts. Failures are 5xx, 408, 409, attempt
-// timeouts, connection failures and insufficient_quota; answers,
-// client errors (400, 401, 403, 404, 422) included, are successes; a 429
-// rate limit is not counted (the upstream is up and said when to come
-// back: the shared pause handles it, not OpenFor).
+// BreakerMinRequests counted attempts. Failures are what says the
+// upstream is down: 5xx, timeouts (408 and attempt timeouts) and
+// connection failures. Answers, client errors (400, 401, 403, 404, 422)
+// included, are successes. A 429 (the upstream is up and said when to
+// come back: the shared pause handles it, not OpenFor), a 409 and
+// insufficient_quota are not counted; when one of them answers a
+// half-open probe, the upstream answered and the probe closes the
+// breaker.
 //
 // A trip is published: with Redis, "open until T" and the reason go into
 // one hash (a Lua script keeps the later deadline when two instances
@@ -122,9 +125,10 @@
 //	  first byte                                     kept      back      yes      failure
 //	the caller's ctx ends before the first byte      kept      back      yes      -
 //	4xx: 400, 401, 403, 404, 422                     kept      back      yes      success
-//	4xx: 408, 409                                    kept      back      yes      failure
+//	4xx: 408                                         kept      back      yes      failure
+//	4xx: 409                                         kept      back      yes      -
 //	429 rate limited                                 kept      back      yes      -
-//	429 insufficient_quota                           kept      back      yes      failure
+//	429 insufficient_quota                           kept      back      yes      -
 //	5xx                                              kept      kept      yes      failure
 //	2xx, unary                                       kept      usage     yes      success
 //	2xx, stream                                      kept      usage     yes      success

@@ -9,6 +9,7 @@ import (
 
 	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/internal/keyspace"
+	"github.com/chatscale/chatscale/internal/prom"
 )
 
 // Config tunes a Cache. The zero value is usable: an L1-only cache with
@@ -100,7 +101,8 @@ type Config struct {
 	// chatscale.DefaultNamespace, "ai_chat" (empty).
 	Namespace string
 	// ConstLabels are added to every series. Two Caches can share a
-	// Registerer when their ConstLabels differ.
+	// Registerer when their ConstLabels differ. It must not hold "tier",
+	// a label the Cache sets.
 	ConstLabels prometheus.Labels
 	// Logger receives warnings about Redis and Source failures. Nil means
 	// discard. It never receives a transcript's text.
@@ -143,6 +145,9 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	if err := keyspace.Check(pkg, "Config.Prefix", c.Prefix); err != nil {
+		return c, err
+	}
+	if err := prom.CheckLabels(pkg, c.ConstLabels, "tier"); err != nil {
 		return c, err
 	}
 	set := func(v *time.Duration, d time.Duration) {

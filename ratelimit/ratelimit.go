@@ -108,6 +108,7 @@ import (
 
 	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/internal/keyspace"
+	"github.com/chatscale/chatscale/internal/prom"
 )
 
 // pkg names the package in its *chatscale.ConfigError and
@@ -343,12 +344,7 @@ func (c Config) check() error {
 	if c.ExpectedInstances < 0 {
 		return configError("Config.ExpectedInstances", fmt.Sprintf("%d: must not be negative", c.ExpectedInstances))
 	}
-	for _, l := range [...]string{"limiter", "result"} {
-		if _, ok := c.ConstLabels[l]; ok {
-			return configError("Config.ConstLabels", fmt.Sprintf("holds %q, a label the package sets", l))
-		}
-	}
-	return nil
+	return prom.CheckLabels("ratelimit", c.ConstLabels, "limiter", "result")
 }
 
 // withDefaults returns a copy of c with defaults filled in.

@@ -238,6 +238,9 @@ func TestRedisDefaultPrefix(t *testing.T) {
 	if _, err := st.GetOrCreate(ctx, "u", "c"); err != nil {
 		t.Fatal(err)
 	}
+	if len(mr.Keys()) == 0 {
+		t.Fatal("GetOrCreate wrote no key")
+	}
 	for _, k := range mr.Keys() {
 		if !strings.HasPrefix(k, "chatscale:threads:{") {
 			t.Errorf("key %q does not start with chatscale:threads:{", k)

@@ -7,9 +7,9 @@
 // so that FerretDB and what it pulls in (SQLite, pgx, MySQL and HANA
 // drivers, gRPC, OpenTelemetry) stay out of the go.mod of
 // github.com/chatscale/chatscale: a program that imports chatscale's
-// packages downloads none of it. The go.work at the repository's root puts
-// both modules in one workspace, so that `go test ./...` there runs these
-// tests too.
+// packages downloads none of it. Run its tests from its directory
+// (`cd internal/mongotest && go test ./...`); .ci/run does so in every test
+// step.
 package mongotest
 
 import (

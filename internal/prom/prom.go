@@ -90,3 +90,16 @@ func (r *Registration) Unregister() {
 		}
 	})
 }
+
+// CheckLabels returns a *chatscale.ConfigError when Config.ConstLabels of
+// package pkg hold one of the labels the package sets itself, so that the
+// clash is reported as a bad Config, by every package the same way,
+// rather than as a registration error or a label silently overwritten.
+func CheckLabels(pkg string, labels prometheus.Labels, own ...string) error {
+	for _, l := range own {
+		if _, ok := labels[l]; ok {
+			return &chatscale.ConfigError{Package: pkg, Field: "Config.ConstLabels", Reason: fmt.Sprintf("holds %q, a label the package sets", l)}
+		}
+	}
+	return nil
+}

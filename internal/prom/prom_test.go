@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/internal/prom"
 )
 
@@ -60,5 +61,16 @@ func TestDefaultNamespace(t *testing.T) {
 	}
 	if got := (prom.Opts{}).Name("", "requests_total"); got != "ai_chat_requests_total" {
 		t.Fatalf("Name = %q", got)
+	}
+}
+
+func TestCheckLabels(t *testing.T) {
+	if err := prom.CheckLabels("pkg", prometheus.Labels{"instance": "a"}, "tier"); err != nil {
+		t.Fatalf("CheckLabels(instance) = %v", err)
+	}
+	err := prom.CheckLabels("pkg", prometheus.Labels{"tier": "a"}, "tier")
+	var ce *chatscale.ConfigError
+	if !errors.As(err, &ce) || ce.Field != "Config.ConstLabels" || ce.Package != "pkg" {
+		t.Fatalf("CheckLabels(tier) = %v; want a ConfigError for Config.ConstLabels", err)
 	}
 }
