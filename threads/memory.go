@@ -15,10 +15,12 @@ import (
 // MemoryStore is a Store held in process memory: for tests, development and
 // single-instance deployments. It is split into Config.Shards independently
 // locked shards (a user's threads all live in one shard), holds at most
-// Config.MaxThreads threads and evicts the least recently written one to
-// make room (per shard, so the order is approximately global). Expired
-// threads are removed when touched, when room is needed and by a sweeper
-// goroutine that the first write starts and Close stops.
+// Config.MaxThreads threads and evicts the least recently written one in
+// the whole store to make room (it compares the oldest thread of every
+// shard; among threads last written in the same millisecond, or written
+// while the eviction runs, it may pick a slightly more recent one).
+// Expired threads are removed when touched, when room is needed and by a
+// sweeper goroutine that the first write starts and Close stops.
 //
 // The zero value is ready to use with the default Config. A MemoryStore is
 // safe for concurrent use and must not be copied after first use.

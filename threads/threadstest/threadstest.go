@@ -17,8 +17,10 @@
 // The suite checks the semantics documented on threads.Store: get-or-create,
 // video tracking, history order and trimming, deletion, ForgetUser, key
 // collisions between odd IDs, bad input, not-found, TTL expiry and sliding,
-// the active count, concurrency (one thread for 1000 concurrent
-// GetOrCreate calls spread over 4 peers) and large histories.
+// every write keeping its thread counted by Active and erasable by
+// ForgetUser for as long as it lives, the active count, concurrency (one
+// thread for 1000 concurrent GetOrCreate calls spread over 4 peers) and
+// large histories.
 package threadstest
 
 import (
@@ -89,18 +91,23 @@ func Run(t *testing.T, newHarness NewHarness) {
 		{"KeyCollisions", s.testKeyCollisions},
 		{"TrackVideo", s.testTrackVideo},
 		{"Open", s.testOpen},
+		{"OpenFirstVideo", s.testOpenFirstVideo},
 		{"AppendHistory", s.testAppendHistory},
 		{"MessageTimes", s.testMessageTimes},
 		{"Trim", s.testTrim},
 		{"KeepAll", s.testKeepAll},
 		{"Delete", s.testDelete},
+		{"StaleIDs", s.testStaleIDs},
 		{"ForgetUser", s.testForgetUser},
+		{"ForgetUserSomeExpired", s.testForgetUserSomeExpired},
 		{"NotFound", s.testNotFound},
 		{"BadInput", s.testBadInput},
 		{"Expiry", s.testExpiry},
 		{"Sliding", s.testSliding},
 		{"ReadsDoNotSlide", s.testReadsDoNotSlide},
+		{"WritesKeepIndexesAlive", s.testWritesKeepIndexesAlive},
 		{"Active", s.testActive},
+		{"ActiveBoundaries", s.testActiveBoundaries},
 		{"Peers", s.testPeers},
 		{"ConcurrentGetOrCreate", s.testConcurrentGetOrCreate},
 		{"ConcurrentAppend", s.testConcurrentAppend},
