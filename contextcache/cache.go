@@ -400,7 +400,7 @@ func (c *Cache) fetch(k key) (d Document, tier Tier, stale string, err error) {
 			if err != nil {
 				c.st.corruptL2.Add(1)
 				c.log.Warn("contextcache: unreadable L2 value", "key", vk)
-				d, tier, err := c.loadAndFill(k, vk, lk, token)
+				d, tier, err := c.loadAndFill(k, vk, lk, token, false)
 				return d, tier, "", err
 			}
 			c.st.l2Hits.Add(1)
@@ -425,7 +425,7 @@ func (c *Cache) fetch(k key) (d Document, tier Tier, stale string, err error) {
 			return d, TierSource, "", err
 		}
 		if locked {
-			d, tier, err := c.loadAndFill(k, vk, lk, token)
+			d, tier, err := c.loadAndFill(k, vk, lk, token, true)
 			return d, tier, stale, err
 		}
 		// Another instance holds the lock: poll until it fills L2 or the
@@ -438,7 +438,7 @@ func (c *Cache) fetch(k key) (d Document, tier Tier, stale string, err error) {
 		}
 		if c.cfg.LockWait <= 0 || now >= deadline {
 			c.st.lockTimeouts.Add(1)
-			d, tier, err := c.loadAndFill(k, vk, lk, token)
+			d, tier, err := c.loadAndFill(k, vk, lk, token, false)
 			return d, tier, stale, err
 		}
 		if err := c.sleep(c.base, min(poll, time.Duration(deadline-now))); err != nil {
@@ -451,8 +451,11 @@ func (c *Cache) fetch(k key) (d Document, tier Tier, stale string, err error) {
 // loadAndFill loads from the Source, then writes L2 and releases the lock
 // (if token holds it) in one script. A transcript stays in L2 for its
 // freshness (L2TTL plus jitter) and then MaxStale longer, for
-// stale-if-error; a not-found marker for NegativeTTL.
-func (c *Cache) loadAndFill(k key, vk, lk, token string) (Document, Tier, error) {
+// stale-if-error; a not-found marker for NegativeTTL. held says that token
+// took the lock: then L2 is written only if token still holds it, so that
+// a load that an Invalidate (which deletes the lock) overtook does not put
+// the old transcript back.
+func (c *Cache) loadAndFill(k key, vk, lk, token string, held bool) (Document, Tier, error) {
 	d, err := c.loadSource(k)
 	now := c.nowNano()
 	var (
@@ -474,7 +477,7 @@ func (c *Cache) loadAndFill(k key, vk, lk, token string) (Document, Tier, error)
 		val = withFreshness((now+int64(fresh))/int64(time.Millisecond), val)
 	}
 	// The lock is released even when Close is under way.
-	if ferr := fill.Run(context.WithoutCancel(c.base), c.rdb, []string{vk, lk}, token, val, ms).Err(); ferr != nil {
+	if ferr := fill.Run(context.WithoutCancel(c.base), c.rdb, []string{vk, lk}, token, val, ms, held).Err(); ferr != nil {
 		c.redisFailed("write L2", ferr)
 	}
 	return d, TierSource, err
@@ -524,8 +527,10 @@ func (c *Cache) Invalidate(ctx context.Context, courseID, videoURL string) error
 	if c.rdb == nil {
 		return nil
 	}
-	vk, _ := c.redisKeys(k)
-	if err := c.rdb.Del(ctx, vk).Err(); err != nil {
+	// The lock goes too: a load under it that began before this call
+	// then writes nothing to L2 (see fill.lua).
+	vk, lk := c.redisKeys(k)
+	if err := c.rdb.Del(ctx, vk, lk).Err(); err != nil {
 		return c.redisError(ctx, "invalidate", err)
 	}
 	if err := c.rdb.Publish(ctx, c.channel, encodeInvalidation(k)).Err(); err != nil {

@@ -9,13 +9,20 @@
 --         fresh), then the encoded transcript
 -- ARGV[3] value lifetime in Redis, milliseconds (freshness plus the stale
 --         window); 0 writes no value (release only)
+-- ARGV[4] 1 when the caller took the lock for this load, else 0 (it loaded
+--         after its wait for another holder ran out, or over a corrupt
+--         value). A caller that took the lock writes the value only while
+--         it still holds it: Invalidate deletes the lock, so that a load
+--         begun before the invalidation does not write the old transcript
+--         back.
 --
 -- Returns 1 when the lock was the caller's and was released, else 0.
 local ttl = tonumber(ARGV[3])
-if ttl > 0 then
+local mine = redis.call('GET', KEYS[2]) == ARGV[1]
+if ttl > 0 and (mine or ARGV[4] ~= '1') then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 end
-if redis.call('GET', KEYS[2]) == ARGV[1] then
+if mine then
   redis.call('DEL', KEYS[2])
   return 1
 end
