@@ -98,7 +98,7 @@ func TestSubscriberResubscribesAfterRedisRestart(t *testing.T) {
 	}
 	// Messages published before b has resubscribed are lost, so publish
 	// until one arrives.
-	ok := eventually(10*time.Second, func() bool {
+	ok := testutil.Eventually(10*time.Second, func() bool {
 		_ = a.Invalidate(ctx, "c", "v")
 		return b.Stats().InvalidationsReceived > 0
 	})
@@ -220,7 +220,7 @@ func TestCallerContextEndsWaitNotSharedLoad(t *testing.T) {
 		_, err := c.Get(ctx, "c", "v")
 		got <- err
 	}()
-	if !eventually(10*time.Second, func() bool { return src.n.Load() == 1 }) {
+	if !testutil.Eventually(10*time.Second, func() bool { return src.n.Load() == 1 }) {
 		t.Fatal("the load did not start")
 	}
 	cancel()
@@ -411,7 +411,7 @@ func TestCloseStopsGoroutines(t *testing.T) {
 		_, err := c.Get(ctx, "c", "v") // blocks in the Source
 		got <- err
 	}()
-	if !eventually(10*time.Second, func() bool { return c.Stats().Loads == 1 }) {
+	if !testutil.Eventually(10*time.Second, func() bool { return c.Stats().Loads == 1 }) {
 		t.Fatal("the load did not start")
 	}
 	if err := c.Close(); err != nil {
@@ -428,7 +428,7 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	}
 	close(release)
 	var stacks string
-	if !eventually(10*time.Second, func() bool {
+	if !testutil.Eventually(10*time.Second, func() bool {
 		buf := make([]byte, 1<<20)
 		stacks = string(buf[:runtime.Stack(buf, true)])
 		return !strings.Contains(stacks, "contextcache.(*Cache)")

@@ -45,25 +45,6 @@ func newCache(t testing.TB, src contextcache.Source, cfg contextcache.Config) *c
 	return c
 }
 
-// eventually polls cond every 10 ms until it holds or timeout passes, and
-// reports whether it held.
-func eventually(timeout time.Duration, cond func() bool) bool {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if cond() {
-			return true
-		}
-		select {
-		case <-deadline.C:
-			return cond()
-		case <-tick.C:
-		}
-	}
-}
-
 func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)

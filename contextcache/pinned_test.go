@@ -132,7 +132,7 @@ func TestSameVideoInTwoCoursesIsTwoTranscripts(t *testing.T) {
 		}
 		return n
 	}
-	overlapped := eventually(10*time.Second, func() bool {
+	overlapped := testutil.Eventually(10*time.Second, func() bool {
 		n := src.counts()
 		return misses() == total && n[courses[0]] == 1 && n[courses[1]] == 1 && lockWaits() == 2
 	})
@@ -214,7 +214,7 @@ func TestInvalidateOneCourseKeepsTheOther(t *testing.T) {
 	if err := a.Invalidate(ctx, "course-A", video); err != nil {
 		t.Fatal(err)
 	}
-	if !eventually(10*time.Second, func() bool { return b.Stats().InvalidationsReceived >= 1 }) {
+	if !testutil.Eventually(10*time.Second, func() bool { return b.Stats().InvalidationsReceived >= 1 }) {
 		t.Fatal("b received no invalidation")
 	}
 	for name, c := range map[string]*contextcache.Cache{"a": a, "b": b} {

@@ -47,7 +47,7 @@ func TestStampedeOneLoadAcrossInstances(t *testing.T) {
 	// its lock, so that the test exercises the cross-instance path and
 	// not only singleflight.
 	src.before = func(ctx context.Context) {
-		eventually(20*time.Second, func() bool { return lockWaits() >= 3 })
+		testutil.Eventually(20*time.Second, func() bool { return lockWaits() >= 3 })
 	}
 	for i := range caches {
 		caches[i] = newCache(t, src, stampedeConfig(env))
@@ -476,7 +476,7 @@ func TestInvalidationReachesAnotherInstance(t *testing.T) {
 		t.Fatalf("a.Get after its own Invalidate: %q, %v; want New", r.Document.Title, err)
 	}
 	var last string
-	ok := eventually(10*time.Second, func() bool {
+	ok := testutil.Eventually(10*time.Second, func() bool {
 		r, err := b.Get(ctx, course, "v")
 		last = fmt.Sprintf("%q from %v, %v", r.Document.Title, r.Tier, err)
 		return err == nil && r.Document.Title == "New"
