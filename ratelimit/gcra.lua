@@ -39,14 +39,21 @@ local now = (t[1] - EPOCH) * 1000000 + t[2]
 local maxwait = tonumber(ARGV[1])
 local n = #KEYS
 
-local tats = {}
+-- Each ARGV number is parsed once; b holds, for bucket i, its TAT, its
+-- interval, its offset and what its cost moves the TAT (cost * interval)
+-- at b[4i-3], b[4i-2], b[4i-1], b[4i].
+local b = {}
 local tact = now
 for i = 1, n do
-  local b = 3 * i - 1
+  local a = 3 * i - 1
+  local iv = tonumber(ARGV[a])
+  local off = tonumber(ARGV[a + 1])
+  local step = tonumber(ARGV[a + 2]) * iv
   local tat = tonumber(redis.call('GET', KEYS[i])) or now
   if tat < now then tat = now end
-  tats[i] = tat
-  local at = tat + ARGV[b + 2] * ARGV[b] - ARGV[b + 1]
+  local j = 4 * i
+  b[j - 3], b[j - 2], b[j - 1], b[j] = tat, iv, off, step
+  local at = tat + step - off
   if at > tact then tact = at end
 end
 
@@ -56,20 +63,19 @@ if maxwait >= 0 and wait > maxwait then allowed = 0 end
 
 local out = {allowed, ceil(wait)}
 for i = 1, n do
-  local b = 3 * i - 1
-  local iv, off, cost = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
-  local tat = tats[i]
-  local wi = tat + cost * iv - off - now
+  local j = 4 * i
+  local tat, iv, off, step = b[j - 3], b[j - 2], b[j - 1], b[j]
+  local wi = tat + step - off - now
   if wi < 0 then wi = 0 end
   if allowed == 1 then
-    tat = tat + cost * iv
+    tat = tat + step
     if tat <= now then
       redis.call('DEL', KEYS[i])
       tat = now
     else
-      -- %.17g round-trips the double; tostring would print 15 digits
-      -- in exponent form and lose precision.
-      redis.call('SET', KEYS[i], string.format('%.17g', tat), 'PX', ceil((tat - now) / 1000))
+      -- Redis formats a number argument with %.17g, which round-trips the
+      -- double (tostring would print 14 digits and lose precision).
+      redis.call('SET', KEYS[i], tat, 'PX', ceil((tat - now) / 1000))
     end
   end
   local remaining = floor((now - tat + off) / iv)

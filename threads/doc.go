@@ -8,7 +8,10 @@
 // The turn pipeline calls Open (get or create the thread, record the video
 // and whether it changed, read the recent history), asks the model, then
 // calls Append with the question and the answer. On Redis each is one round
-// trip: one Lua script run with EVALSHA (EVAL when the server lacks it).
+// trip: one Lua script run with EVALSHA (EVAL when the server lacks it);
+// Open sends it in a MULTI/EXEC with an LRANGE of the history, so that the
+// messages reach the client without passing through Lua, which costs Redis
+// several times what the LRANGE does.
 //
 // # Time and TTL
 //
@@ -64,10 +67,15 @@
 // a single global sorted set (one hot key, outside the thread's slot) could
 // not. Active sends one ZCOUNT per bucket in one pipeline, which go-redis
 // splits per master and sends in parallel: about 1024 cheap commands per
-// call, fine for a gauge read every 15 s. The buckets are swept as they are
-// written: each write drops the bucket's entries older than the TTL. The
-// user set and the bucket set get the TTL on every write, so they outlive
-// every thread they index and vanish with the last one.
+// call, fine for a gauge read every 15 s. Active counts by score, so an
+// entry of an expired thread never counts; such entries are dropped by the
+// next write that adds a member to the bucket's set (a thread created, or
+// one whose entry had gone), so the set never holds more entries than its
+// bucket had live threads when it last grew. A thread's user set gets the
+// thread when the thread is created, and again from any write that finds
+// the set gone. The user set and the bucket set get the TTL on every
+// write, so they outlive every thread they index and vanish with the last
+// one.
 //
 // ForgetUser reads the user's set, deletes the listed threads with one
 // script run per 64 threads, and repeats while threads keep appearing (at

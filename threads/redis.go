@@ -52,10 +52,11 @@ const redisIDLen = 2*digestLen + 1 + randomPartLen
 // RedisStore is a Store on Redis (single server, Sentinel or Cluster), shared
 // by every instance of the application that uses the same key prefix. Open,
 // Append, TrackVideo, GetOrCreate, Get, History and Delete each take one
-// round trip (one Lua script run by SHA; the first run of a script on a
-// server that has not cached it falls back to EVAL, which caches it);
-// ForgetUser takes two or more and Active one pipeline. See the package
-// documentation for the key layout.
+// round trip: one Lua script run by SHA (the first run of a script on a
+// server that has not cached it falls back to EVAL, which caches it), which
+// Open and History send in a MULTI/EXEC followed by the LRANGE of the
+// history. ForgetUser takes two or more round trips and Active one
+// pipeline. See the package documentation for the key layout.
 //
 // A RedisStore holds no state besides its configuration: it is safe for
 // concurrent use, has no goroutines and needs no Close.
@@ -159,26 +160,22 @@ func (s *RedisStore) parseID(id string) (k redisKeys, rnd string, ok bool) {
 	return s.keys(uh, ch), rnd, true
 }
 
-// expiryArgs returns the TTL and the activity sweep bound for a write at
-// now, as script arguments (” when threads never expire).
-func (s *RedisStore) expiryArgs(now int64) (ttl, expiredAtOrBelow string) {
+// ttlArg returns the TTL as a script argument: milliseconds, or ” when
+// threads never expire.
+func (s *RedisStore) ttlArg() string {
 	if !s.cfg.expires() {
-		return "", ""
+		return ""
 	}
-	t := s.cfg.TTL.Milliseconds()
-	return strconv.FormatInt(t, 10), strconv.FormatInt(now-t, 10)
+	return strconv.FormatInt(s.cfg.TTL.Milliseconds(), 10)
 }
 
-// historyStart returns the LRANGE start index for a history limit, or ”
-// for none.
-func historyStart(limit int) string {
-	switch {
-	case limit < 0:
-		return ""
-	case limit == 0:
-		return "0"
+// historyStart returns the LRANGE start index for a history limit (-20
+// for the newest 20, 0 for all), or ok false for none.
+func historyStart(limit int) (start int64, ok bool) {
+	if limit < 0 {
+		return 0, false
 	}
-	return "-" + strconv.Itoa(limit)
+	return -int64(limit), true
 }
 
 func encodeMessage(m Message, now int64) string {
@@ -208,17 +205,55 @@ func decodeMessage(s string) (Message, error) {
 	return Message{Role: r, Content: s[colon+1:], Time: fromMillis(at)}, nil
 }
 
-func decodeMessages(vals []any) ([]Message, error) {
+func decodeMessages(vals []string) ([]Message, error) {
 	out := make([]Message, 0, len(vals))
 	for _, v := range vals {
-		s, _ := v.(string)
-		m, err := decodeMessage(s)
+		m, err := decodeMessage(v)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// runWithHistory runs script over keys and args and, unless limit is
+// negative, reads the newest limit messages of list (all for 0) with an
+// LRANGE that follows the script in the same MULTI/EXEC: one round trip,
+// atomic, and the messages do not pass through Lua, which costs Redis
+// several times what the LRANGE itself does. Like Script.Run, it sends
+// EVALSHA and falls back to EVAL when the server lacks the script. The
+// script's error reply, if any, is returned as the error.
+func (s *RedisStore) runWithHistory(ctx context.Context, script *redis.Script, keys []string, args []any, list string, limit int) ([]any, []string, error) {
+	start, ok := historyStart(limit)
+	if !ok {
+		res, err := script.Run(ctx, s.rdb, keys, args...).Slice()
+		return res, nil, err
+	}
+	var (
+		run  *redis.Cmd
+		hist *redis.StringSliceCmd
+	)
+	tx := func(eval func(p redis.Pipeliner) *redis.Cmd) error {
+		_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			run = eval(p)
+			hist = p.LRange(ctx, list, start, -1)
+			return nil
+		})
+		return err
+	}
+	err := tx(func(p redis.Pipeliner) *redis.Cmd { return script.EvalSha(ctx, p, keys, args...) })
+	if err != nil && run != nil && redis.HasErrorPrefix(run.Err(), "NOSCRIPT") {
+		err = tx(func(p redis.Pipeliner) *redis.Cmd { return script.Eval(ctx, p, keys, args...) })
+	}
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, nil, err
+	}
+	res, err := run.Slice()
+	if err != nil {
+		return nil, nil, err
+	}
+	return res, hist.Val(), nil
 }
 
 func str(v any) string   { s, _ := v.(string); return s }
@@ -282,17 +317,16 @@ func (s *RedisStore) open(ctx context.Context, req OpenRequest, op string) (Sess
 	}
 	k := s.keys(digest('u', req.UserID), digest('c', req.CourseID))
 	now := s.cfg.Now().UnixMilli()
-	ttl, sweep := s.expiryArgs(now)
-	res, err := openScript.Run(ctx, s.rdb, k.all(),
-		req.UserID, req.CourseID, k.ch, k.uh+k.ch, randomPart(),
-		now, ttl, sweep, req.VideoURL, historyStart(req.HistoryLimit)).Slice()
+	res, raw, err := s.runWithHistory(ctx, openScript, k.all(),
+		[]any{req.UserID, req.CourseID, k.uh + k.ch, randomPart(), now, s.ttlArg(), req.VideoURL},
+		k.msgs, req.HistoryLimit)
 	if err != nil {
 		return Session{}, wrap(ctx, op, err)
 	}
-	if len(res) < 7 {
+	if len(res) < 6 {
 		return Session{}, fmt.Errorf("threads: %s: short reply", op)
 	}
-	hist, err := decodeMessages(res[7:])
+	hist, err := decodeMessages(raw)
 	if err != nil {
 		return Session{}, err
 	}
@@ -303,7 +337,7 @@ func (s *RedisStore) open(ctx context.Context, req OpenRequest, op string) (Sess
 			CourseID:  req.CourseID,
 			VideoURL:  str(res[4]),
 			CreatedAt: fromMillis(millis(res[5])),
-			UpdatedAt: fromMillis(millis(res[6])),
+			UpdatedAt: fromMillis(now),
 		},
 		Created:       num(res[1]) == 1,
 		VideoSwitched: num(res[2]) == 1,
@@ -321,7 +355,7 @@ func (s *RedisStore) read(ctx context.Context, op, id string, limit int) (Thread
 	if !ok {
 		return Thread{}, nil, ErrNotFound
 	}
-	res, err := readScript.Run(ctx, s.rdb, []string{k.thread, k.msgs}, rnd, historyStart(limit)).Slice()
+	res, raw, err := s.runWithHistory(ctx, readScript, []string{k.thread}, []any{rnd}, k.msgs, limit)
 	if errors.Is(err, redis.Nil) {
 		return Thread{}, nil, ErrNotFound
 	}
@@ -331,7 +365,7 @@ func (s *RedisStore) read(ctx context.Context, op, id string, limit int) (Thread
 	if len(res) < 5 {
 		return Thread{}, nil, fmt.Errorf("threads: %s: short reply", op)
 	}
-	hist, err := decodeMessages(res[5:])
+	hist, err := decodeMessages(raw)
 	if err != nil {
 		return Thread{}, nil, err
 	}
@@ -370,7 +404,6 @@ func (s *RedisStore) write(ctx context.Context, op, id, video string, msgs []Mes
 		return false, ErrNotFound
 	}
 	now := s.cfg.Now().UnixMilli()
-	ttl, sweep := s.expiryArgs(now)
 	keep := ""
 	if s.cfg.MaxMessages > 0 {
 		keep = strconv.Itoa(s.cfg.MaxMessages)
@@ -378,8 +411,8 @@ func (s *RedisStore) write(ctx context.Context, op, id, video string, msgs []Mes
 			msgs = msgs[len(msgs)-s.cfg.MaxMessages:]
 		}
 	}
-	args := make([]any, 0, 8+len(msgs))
-	args = append(args, rnd, k.ch, k.uh+k.ch, now, ttl, sweep, keep, video)
+	args := make([]any, 0, 6+len(msgs))
+	args = append(args, rnd, k.uh+k.ch, now, s.ttlArg(), keep, video)
 	for _, m := range msgs {
 		args = append(args, encodeMessage(m, now))
 	}
