@@ -13,15 +13,25 @@
 // messages reach the client without passing through Lua, which costs Redis
 // several times what the LRANGE does.
 //
+// # Reading without writing
+//
+// GetOrCreate and Open create the thread they do not find, and count as
+// activity. A host that only shows a learner's history (a page load) uses
+// Find instead, from the optional Finder interface that MemoryStore and
+// RedisStore implement: it returns the pair's thread or ErrNotFound, and
+// writes nothing; History, given the thread's ID, then reads its messages,
+// without writing either. On Redis Find is one round trip, an HMGET of the
+// thread hash.
+//
 // # Time and TTL
 //
 // Time comes from Config.Now, never from the server: message times,
 // CreatedAt, UpdatedAt and the activity used by Active. Every write
 // (GetOrCreate, Open, TrackVideo, Append) slides the thread's TTL
-// (Config.TTL, 7 days by default) and counts as activity; Get and History
-// do not. A thread expires when TTL has passed since its last write: it is
-// then ErrNotFound, and GetOrCreate starts a new, empty thread with a new
-// ID. Stores keep times to the millisecond and return them in UTC.
+// (Config.TTL, 7 days by default) and counts as activity; Get, History and
+// Find do not. A thread expires when TTL has passed since its last write:
+// it is then ErrNotFound, and GetOrCreate starts a new, empty thread with
+// a new ID. Stores keep times to the millisecond and return them in UTC.
 //
 // # Redis key layout
 //
@@ -46,7 +56,8 @@
 //
 // The hash stores the raw user and course IDs and the scripts compare them:
 // two pairs whose digests collided (a 2^-96 event per pair of users) would
-// get an error instead of sharing a thread, and ForgetUser never deletes
+// get an error instead of sharing a thread, Find answers ErrNotFound for
+// the pair whose IDs the hash does not hold, and ForgetUser never deletes
 // a thread whose stored user differs.
 //
 // # Errors

@@ -43,7 +43,10 @@ type MemoryStore struct {
 	afterSweep func() // test hook, called after each sweep
 }
 
-var _ Store = (*MemoryStore)(nil)
+var (
+	_ Store  = (*MemoryStore)(nil)
+	_ Finder = (*MemoryStore)(nil)
+)
 
 // MemoryStats is a snapshot of a MemoryStore's counters.
 type MemoryStats struct {
@@ -402,6 +405,34 @@ func (s *MemoryStore) GetOrCreate(ctx context.Context, userID, courseID string) 
 		s.makeRoom(t)
 	}
 	return th, nil
+}
+
+// Find implements Finder. Like Get it writes nothing: it neither slides
+// the TTL nor moves the thread in the eviction order, and it does not start
+// the sweeper. An expired thread it meets is removed, as Get does.
+func (s *MemoryStore) Find(ctx context.Context, userID, courseID string) (Thread, error) {
+	if err := checkID("UserID", userID); err != nil {
+		return Thread{}, err
+	}
+	if err := checkID("CourseID", courseID); err != nil {
+		return Thread{}, err
+	}
+	if err := s.begin(ctx); err != nil {
+		return Thread{}, err
+	}
+	_, sh := s.shardOfUser(userID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	t := sh.byPair[pairKey{userID, courseID}]
+	if t == nil {
+		return Thread{}, ErrNotFound
+	}
+	if s.isExpired(t, s.nowMS()) {
+		s.removeLocked(sh, t)
+		s.expired.Add(1)
+		return Thread{}, ErrNotFound
+	}
+	return t.snapshot(), nil
 }
 
 // Open implements Store.

@@ -45,6 +45,12 @@ func TestMemoryZeroValue(t *testing.T) {
 	ctx := context.Background()
 	var st threads.MemoryStore
 	defer st.Close()
+	if _, err := st.Find(ctx, "u", "c"); !errors.Is(err, threads.ErrNotFound) {
+		t.Fatalf("Find on a zero MemoryStore = %v; want ErrNotFound", err)
+	}
+	if s := st.Stats(); s.Threads != 0 {
+		t.Fatalf("Stats after Find = %+v; want no thread", s)
+	}
 	sess, err := st.Open(ctx, threads.OpenRequest{UserID: "u", CourseID: "c", VideoURL: "v"})
 	if err != nil || !sess.Created {
 		t.Fatalf("Open on a zero MemoryStore = %+v, %v", sess, err)
@@ -78,6 +84,9 @@ func TestMemoryEvictsLeastRecentlyWritten(t *testing.T) {
 	// Reads do not count.
 	if _, err := st.Get(ctx, ids["b"]); err != nil {
 		t.Fatal(err)
+	}
+	if th, err := st.Find(ctx, "u", "b"); err != nil || th.ID != ids["b"] {
+		t.Fatalf("Find(u, b) = %+v, %v; want thread %q", th, err, ids["b"])
 	}
 	if _, err := st.GetOrCreate(ctx, "u", "d"); err != nil {
 		t.Fatal(err)
@@ -145,6 +154,9 @@ func TestMemoryCloseIsIdempotent(t *testing.T) {
 	}
 	if _, err := st.GetOrCreate(ctx, "u", "c"); !errors.Is(err, threads.ErrClosed) {
 		t.Fatalf("GetOrCreate after Close = %v; want ErrClosed", err)
+	}
+	if _, err := st.Find(ctx, "u", "c"); !errors.Is(err, threads.ErrClosed) {
+		t.Fatalf("Find after Close = %v; want ErrClosed", err)
 	}
 	var zero threads.MemoryStore
 	if err := zero.Close(); err != nil {
@@ -275,4 +287,21 @@ func TestMemoryPerIdleThreadUnder1KiB(t *testing.T) {
 	if b >= 1024 {
 		t.Fatalf("heap per idle thread = %.0f B; want under 1 KiB", b)
 	}
+}
+
+// storeOnly hides every method of a store but Store's, as a third-party
+// store written against Store alone would.
+type storeOnly struct{ threads.Store }
+
+// TestConformanceWithoutFinder runs the suite on a store that does not
+// implement threads.Finder: the Find subtests skip, the others pass.
+func TestConformanceWithoutFinder(t *testing.T) {
+	if _, ok := threads.Store(storeOnly{}).(threads.Finder); ok {
+		t.Fatal("storeOnly implements threads.Finder")
+	}
+	threadstest.Run(t, func(t *testing.T, cfg threads.Config) threadstest.Harness {
+		clock := newFakeClock()
+		cfg.Now = clock.Now
+		return threadstest.Harness{Store: storeOnly{newMemory(t, cfg)}, Now: clock.Now, Advance: clock.Advance}
+	})
 }

@@ -268,3 +268,101 @@ func TestRedisForgetUserLeavesNoKeyOfTheUser(t *testing.T) {
 		t.Fatalf("Active after ForgetUser = %d, %v; want 0", n, err)
 	}
 }
+
+// TestRedisFindWritesNothing checks, key by key, that Find writes nothing:
+// of a pair without a thread it creates no key, and of a thread it leaves
+// every key's content and TTL as they were (no slide of the hash, the
+// messages, the user's set or the bucket's sorted set, no activity score).
+// It ages the keys with PEXPIRE instead of waiting, so it is exact on
+// miniredis and on a real server or cluster.
+func TestRedisFindWritesNothing(t *testing.T) {
+	const ttl = time.Hour
+	const aged = time.Minute // what is left of the TTL before Find
+	ctx := context.Background()
+	env := testutil.Redis(t)
+	st := newRedis(t, env.Client, threads.Config{Prefix: env.Prefix, TTL: ttl})
+	if _, err := st.Find(ctx, "u", "c"); !errors.Is(err, threads.ErrNotFound) {
+		t.Fatalf("Find of a pair without a thread = %v; want ErrNotFound", err)
+	}
+	if keys, err := env.Keys(ctx); err != nil || len(keys) != 0 {
+		t.Fatalf("keys after Find of a pair without a thread: %q, %v; want none", keys, err)
+	}
+	sess, err := st.Open(ctx, threads.OpenRequest{UserID: "u", CourseID: "c", VideoURL: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Append(ctx, sess.Thread.ID, threads.Message{Role: threads.RoleUser, Content: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := env.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 4 {
+		t.Fatalf("keys of one thread with a message = %q; want 4 (thread, messages, user set, activity)", keys)
+	}
+	for _, k := range keys {
+		if err := env.Client.PExpire(ctx, k, aged).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// content reads a key whatever its type, in a stable form.
+	content := func(k string) string {
+		t.Helper()
+		var (
+			v   any
+			err error
+		)
+		switch typ := env.Client.Type(ctx, k).Val(); typ {
+		case "hash":
+			v, err = env.Client.HGetAll(ctx, k).Result()
+		case "list":
+			v, err = env.Client.LRange(ctx, k, 0, -1).Result()
+		case "set":
+			var m []string
+			m, err = env.Client.SMembers(ctx, k).Result()
+			slices.Sort(m)
+			v = m
+		case "zset":
+			v, err = env.Client.ZRangeWithScores(ctx, k, 0, -1).Result()
+		default:
+			t.Fatalf("key %q has type %q", k, typ)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprint(v)
+	}
+	before := map[string]string{}
+	for _, k := range keys {
+		before[k] = content(k)
+	}
+	for range 3 {
+		th, err := st.Find(ctx, "u", "c")
+		if err != nil || th.ID != sess.Thread.ID {
+			t.Fatalf("Find = %+v, %v; want thread %q", th, err, sess.Thread.ID)
+		}
+		if _, err := st.Find(ctx, "u", "c2"); !errors.Is(err, threads.ErrNotFound) {
+			t.Fatalf("Find of the user's other course = %v; want ErrNotFound", err)
+		}
+	}
+	after, err := env.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(keys) {
+		t.Fatalf("keys after Find = %q; want %q", after, keys)
+	}
+	for _, k := range keys {
+		if got := content(k); got != before[k] {
+			t.Errorf("Find changed key %q: %s; was %s", k, got, before[k])
+		}
+		pttl, err := env.Client.PTTL(ctx, k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pttl <= 0 || pttl > aged {
+			t.Errorf("Find left key %q with a TTL of %v; want at most the %v it had: Find must not slide it", k, pttl, aged)
+		}
+	}
+}

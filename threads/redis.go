@@ -55,8 +55,9 @@ const redisIDLen = 2*digestLen + 1 + randomPartLen
 // round trip: one Lua script run by SHA (the first run of a script on a
 // server that has not cached it falls back to EVAL, which caches it), which
 // Open and History send in a MULTI/EXEC followed by the LRANGE of the
-// history. ForgetUser takes two or more round trips and Active one
-// pipeline. See the package documentation for the key layout.
+// history. Find (Finder) takes one round trip too, a plain HMGET.
+// ForgetUser takes two or more round trips and Active one pipeline. See
+// the package documentation for the key layout.
 //
 // A RedisStore holds no state besides its configuration: it is safe for
 // concurrent use, has no goroutines and needs no Close.
@@ -66,7 +67,10 @@ type RedisStore struct {
 	prefix string // cfg.Prefix + "threads:"
 }
 
-var _ Store = (*RedisStore)(nil)
+var (
+	_ Store  = (*RedisStore)(nil)
+	_ Finder = (*RedisStore)(nil)
+)
 
 // NewRedis returns a RedisStore using rdb and configured by cfg (see Config
 // for the defaults). It does no I/O. NewRedis does not take ownership of
@@ -377,6 +381,41 @@ func (s *RedisStore) read(ctx context.Context, op, id string, limit int) (Thread
 		CreatedAt: fromMillis(millis(res[3])),
 		UpdatedAt: fromMillis(millis(res[4])),
 	}, hist, nil
+}
+
+// Find implements Finder: one round trip, an HMGET of the pair's thread
+// hash, which touches no other key and writes nothing (no TTL, no activity
+// entry, no index). A hash that holds another pair's raw IDs (the digests
+// of the two pairs collided, see the package documentation) is not the
+// pair's thread: Find returns ErrNotFound for it, never the other pair's
+// thread.
+func (s *RedisStore) Find(ctx context.Context, userID, courseID string) (Thread, error) {
+	if err := checkID("UserID", userID); err != nil {
+		return Thread{}, err
+	}
+	if err := checkID("CourseID", courseID); err != nil {
+		return Thread{}, err
+	}
+	k := s.keys(digest('u', userID), digest('c', courseID))
+	res, err := s.rdb.HMGet(ctx, k.thread, "id", "u", "c", "v", "ca", "ua").Result()
+	if err != nil {
+		return Thread{}, wrap(ctx, "find", err)
+	}
+	if len(res) < 6 {
+		return Thread{}, errors.New("threads: find: short reply")
+	}
+	rnd := str(res[0])
+	if rnd == "" || str(res[1]) != userID || str(res[2]) != courseID {
+		return Thread{}, ErrNotFound
+	}
+	return Thread{
+		ID:        k.uh + k.ch + "." + rnd,
+		UserID:    userID,
+		CourseID:  courseID,
+		VideoURL:  str(res[3]),
+		CreatedAt: fromMillis(millis(res[4])),
+		UpdatedAt: fromMillis(millis(res[5])),
+	}, nil
 }
 
 // Get implements Store: one round trip.

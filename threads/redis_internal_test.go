@@ -2,6 +2,7 @@ package threads
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -183,5 +184,57 @@ func TestRedisLoadScriptsReachesEveryMaster(t *testing.T) {
 	}
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRedisFindIgnoresDigestCollision plants, where the keys of (u, c)
+// are, the thread hash of another pair (as if their digests collided):
+// Find of (u, c) answers ErrNotFound, never the other pair's thread, and
+// changes nothing. A hash holding (u, c) itself is found, with the ID
+// rebuilt from the digests and the stored random part.
+func TestRedisFindIgnoresDigestCollision(t *testing.T) {
+	ctx := context.Background()
+	env := testutil.MiniredisEnv(t)
+	st, err := NewRedis(env.Client, Config{Prefix: env.Prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := st.keys(digest('u', "u"), digest('c', "c"))
+	const rnd = "AAAAAAAAAAAAAAAAAAAAAA"
+	plant := func(user, course string) {
+		t.Helper()
+		if err := env.Client.HSet(ctx, k.thread, "id", rnd, "u", user, "c", course, "v", "video", "ca", "1000", "ua", "2000").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, other := range [][2]string{{"other", "c"}, {"u", "other"}, {"other", "other"}, {"u\x00", "c"}, {"u", "c "}} {
+		plant(other[0], other[1])
+		th, err := st.Find(ctx, "u", "c")
+		if !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Find(u, c) onto the thread of %q = %+v, %v; want ErrNotFound", other, th, err)
+		}
+		if keys := env.Mini.Keys(); len(keys) != 1 || keys[0] != k.thread {
+			t.Fatalf("keys after Find = %q; want only the planted hash", keys)
+		}
+		if got, _ := env.Client.HGetAll(ctx, k.thread).Result(); got["u"] != other[0] || got["c"] != other[1] || got["ua"] != "2000" {
+			t.Fatalf("Find changed the other pair's thread: %q", got)
+		}
+	}
+	plant("u", "c")
+	th, err := st.Find(ctx, "u", "c")
+	want := Thread{
+		ID: k.uh + k.ch + "." + rnd, UserID: "u", CourseID: "c", VideoURL: "video",
+		CreatedAt: fromMillis(1000), UpdatedAt: fromMillis(2000),
+	}
+	if err != nil || th.ID != want.ID || th.UserID != want.UserID || th.CourseID != want.CourseID || th.VideoURL != want.VideoURL ||
+		!th.CreatedAt.Equal(want.CreatedAt) || !th.UpdatedAt.Equal(want.UpdatedAt) {
+		t.Fatalf("Find(u, c) of its own hash = %+v, %v; want %+v", th, err, want)
+	}
+	// A hash without the random part is not a thread.
+	if err := env.Client.HDel(ctx, k.thread, "id").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Find(ctx, "u", "c"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Find of a hash without id = %v; want ErrNotFound", err)
 	}
 }

@@ -3,6 +3,7 @@ package threads_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -99,6 +100,19 @@ func TestRedisRoundTrips(t *testing.T) {
 		{"TrackVideo", func() error { _, err := st.TrackVideo(ctx, id, "v3"); return err }},
 		{"Get", func() error { _, err := st.Get(ctx, id); return err }},
 		{"History", func() error { _, err := st.History(ctx, id, 10); return err }},
+		{"Find", func() error {
+			th, err := st.Find(ctx, "u", "c")
+			if err == nil && th.ID != id {
+				err = fmt.Errorf("found thread %q; want %q", th.ID, id)
+			}
+			return err
+		}},
+		{"Find of a pair without a thread", func() error {
+			if _, err := st.Find(ctx, "u", "no thread"); !errors.Is(err, threads.ErrNotFound) {
+				return fmt.Errorf("err = %v; want ErrNotFound", err)
+			}
+			return nil
+		}},
 		{"Active", func() error { _, err := st.Active(ctx, time.Minute); return err }},
 		{"Delete", func() error { return st.Delete(ctx, id) }},
 	}
@@ -166,11 +180,17 @@ func TestRedisOutageIsAnError(t *testing.T) {
 	if err := st.Append(ctx, th.ID); !errors.Is(err, threads.ErrUnavailable) {
 		t.Fatalf("Append during an outage = %v; want ErrUnavailable", err)
 	}
+	if _, err := st.Find(ctx, "u", "c"); !errors.Is(err, threads.ErrUnavailable) || errors.Is(err, threads.ErrNotFound) {
+		t.Fatalf("Find during an outage = %v; want ErrUnavailable", err)
+	}
 	// An error reply that is not about availability (a script failing on
 	// bad data) is not ErrUnavailable: retrying will not help.
 	env.Mini.SetError("ERR something else")
 	if _, err := st.Get(ctx, th.ID); err == nil || errors.Is(err, threads.ErrUnavailable) {
 		t.Fatalf("Get on an ERR reply = %v; want an error that is not ErrUnavailable", err)
+	}
+	if _, err := st.Find(ctx, "u", "c"); err == nil || errors.Is(err, threads.ErrUnavailable) || errors.Is(err, threads.ErrNotFound) {
+		t.Fatalf("Find on an ERR reply = %v; want an error that is neither ErrUnavailable nor ErrNotFound", err)
 	}
 	env.Mini.SetError("")
 	// A ctx that ended is ctx's error, not ErrUnavailable.
@@ -178,6 +198,9 @@ func TestRedisOutageIsAnError(t *testing.T) {
 	cancel()
 	if _, err := st.Get(cctx, th.ID); !errors.Is(err, context.Canceled) || errors.Is(err, threads.ErrUnavailable) {
 		t.Fatalf("Get with a cancelled ctx = %v; want context.Canceled only", err)
+	}
+	if _, err := st.Find(cctx, "u", "c"); !errors.Is(err, context.Canceled) || errors.Is(err, threads.ErrUnavailable) {
+		t.Fatalf("Find with a cancelled ctx = %v; want context.Canceled only", err)
 	}
 	if _, err := st.Get(ctx, th.ID); err != nil {
 		t.Fatalf("Get after the outage: %v", err)

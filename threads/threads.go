@@ -146,9 +146,9 @@ type Session struct {
 // (errors.Is(err, chatscale.ErrInvalidInput)). Methods taking a thread ID return
 // ErrNotFound for a thread that does not exist, was deleted or has expired.
 // Writes (GetOrCreate, Open, TrackVideo, Append) slide the thread's TTL and
-// count as activity; reads (Get, History) do not. Implementations are safe
-// for concurrent use. threadstest.Run checks an implementation against this
-// contract.
+// count as activity; reads (Get, History, and Finder's Find) do not.
+// Implementations are safe for concurrent use. threadstest.Run checks an
+// implementation against this contract.
 type Store interface {
 	// GetOrCreate returns the thread of (userID, courseID), creating it when
 	// there is none. Concurrent calls for one pair, from any number of
@@ -179,6 +179,26 @@ type Store interface {
 	// must be positive) and not expired. It is cheap enough to feed a gauge
 	// every few seconds.
 	Active(ctx context.Context, within time.Duration) (int, error)
+}
+
+// Finder is implemented by stores that can look up the thread of a (user,
+// course) pair without creating it. It is separate from Store so that
+// stores written against Store alone keep compiling; MemoryStore and
+// RedisStore implement it. A caller holding a Store asserts it:
+//
+//	if f, ok := st.(threads.Finder); ok {
+//		th, err := f.Find(ctx, userID, courseID)
+//		...
+//	}
+//
+// threadstest.Run checks an implementation against this contract when the
+// store under test implements Finder.
+type Finder interface {
+	// Find returns the thread of (userID, courseID), or ErrNotFound when
+	// there is none (never created, deleted, forgotten or expired). It
+	// writes nothing: no TTL slide, no activity. Its input is validated as
+	// GetOrCreate's: bad IDs give a *chatscale.InputError.
+	Find(ctx context.Context, userID, courseID string) (Thread, error)
 }
 
 // Config tunes a store. The zero value gives the defaults. It is passed by

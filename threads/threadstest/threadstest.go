@@ -20,7 +20,11 @@
 // every write keeping its thread counted by Active and erasable by
 // ForgetUser for as long as it lives, the active count, concurrency (one
 // thread for 1000 concurrent GetOrCreate calls spread over 4 peers) and
-// large histories.
+// large histories. For a store that implements threads.Finder it also
+// checks Find: ErrNotFound and nothing created for a pair without a
+// thread, the pair's own thread and no other, ErrNotFound after Delete,
+// ForgetUser and expiry, no TTL slide, no activity, bad input. The Find
+// subtests skip for a store that does not implement it.
 package threadstest
 
 import (
@@ -113,6 +117,10 @@ func Run(t *testing.T, newHarness NewHarness) {
 		{"ConcurrentAppend", s.testConcurrentAppend},
 		{"ConcurrentTurns", s.testConcurrentTurns},
 		{"LargeHistory", s.testLargeHistory},
+		{"Find", s.testFind},
+		{"FindKeyCollisions", s.testFindKeyCollisions},
+		{"FindBadInput", s.testFindBadInput},
+		{"FindDoesNotSlide", s.testFindDoesNotSlide},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, tc.fn)
