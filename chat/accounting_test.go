@@ -457,6 +457,7 @@ func TestOneProbePerHalfOpenPeriod(t *testing.T) {
 		}
 		// b loads the open state just before the deadline.
 		clk.Advance(openFor - 50*time.Millisecond)
+		refreshed(t, b)
 		resp, _ := b.CreateChatCompletion(ctx, request("b while open"))
 		if DegradedReason(resp.Header()) != ReasonBreakerOpen {
 			t.Fatalf("b while open: %q", DegradedReason(resp.Header()))

@@ -39,16 +39,20 @@ func leaseKey(prefix, name string) string { return prefix + "chat:{" + name + "}
 // LoadScripts loads the breaker's Lua scripts into the script cache of
 // every server the Config.Redis client reaches: every node of a Redis
 // Cluster (masters and replicas) and every shard of a Ring, the one
-// server otherwise. Calling it at startup is optional: without it, the
-// first run of each script on each server costs one more round trip
-// (EVALSHA answered NOSCRIPT, then EVAL), after a restart or a failover
-// too. Without Redis it does nothing. It returns ctx's error when ctx
-// ends, else the first error Redis answers.
+// server otherwise, and reads the breaker's shared state once. Calling
+// it at startup is optional: without it, the first run of each script on
+// each server costs one more round trip (EVALSHA answered NOSCRIPT, then
+// EVAL), after a restart or a failover too, and the first call waits for
+// the first read of the shared state. Without Redis it does nothing. It
+// returns ctx's error when ctx ends, else the first error Redis answers.
 func (c *Client) LoadScripts(ctx context.Context) error {
 	if c.cfg.Redis == nil {
 		return nil
 	}
 	err := scripts.Load(ctx, c.cfg.Redis, luaScripts...)
+	if err == nil && !c.br.cache.Load().loaded {
+		c.br.firstLoad(ctx, c.nowMs())
+	}
 	switch {
 	case err == nil:
 		return nil
@@ -63,6 +67,7 @@ func (c *Client) LoadScripts(ctx context.Context) error {
 type cachedState struct {
 	st      sharedState
 	fetched int64
+	loaded  bool // a read of the store has ended (fetched is set)
 }
 
 // sharedState is the breaker state every instance sees. Times are ms
@@ -223,7 +228,16 @@ type breaker struct {
 	mu    sync.Mutex
 	gen   uint64
 
+	// refreshing is set while a read of the store runs; bg guards the
+	// goroutine that runs it.
 	refreshing atomic.Bool
+	bg         struct {
+		sync.Mutex
+		running chan struct{} // closed when the running background read ends; nil when none runs
+		first   chan struct{} // closed when the first read ends; nil before it starts
+		closed  bool          // Close was called: reads run in the callers
+	}
+
 	probing    atomic.Bool  // a goroutine of this process holds or seeks the lease
 	leaseRetry atomic.Int64 // ms before which this process does not ask for the lease
 }
@@ -273,30 +287,88 @@ func (b *breaker) storeCtx(ctx context.Context) (context.Context, context.Cancel
 	return context.WithTimeout(context.WithoutCancel(ctx), b.c.cfg.RedisTimeout)
 }
 
-// snapshot returns the shared state at now (ms), from Redis at most
-// every RefreshEvery; one goroutine refreshes while the others use the
-// cache. Without Redis the cache is the state: this process is its only
-// writer.
+// snapshot returns the shared state at now (ms) as this process last saw
+// it, stale while it revalidates: when the cache is older than
+// RefreshEvery, one goroutine reads Redis in the background (one at a
+// time), and every call meanwhile, the one that started it included,
+// uses the cache. Only before the first read has ended do callers wait
+// for it (one read for all of them, within RedisTimeout and their ctx).
+// After Close the read is made by the caller that finds the cache stale,
+// as it was before the background read. Without Redis the cache is the
+// state: this process is its only writer.
 func (b *breaker) snapshot(ctx context.Context, now int64) sharedState {
 	e := b.cache.Load()
 	if !b.shared {
 		return e.st
 	}
+	if !e.loaded {
+		return b.firstLoad(ctx, now)
+	}
 	stale := now-e.fetched >= b.c.cfg.RefreshEvery.Milliseconds() || now < e.fetched
 	if !stale || !b.refreshing.CompareAndSwap(false, true) {
 		return e.st
 	}
-	defer b.refreshing.Store(false)
+	b.bg.Lock()
+	if b.bg.closed {
+		b.bg.Unlock()
+		defer b.refreshing.Store(false)
+		sctx, cancel := b.storeCtx(ctx)
+		defer cancel()
+		return b.refresh(sctx, now)
+	}
+	done := make(chan struct{})
+	b.bg.running = done
+	b.bg.Unlock()
+	go func() {
+		sctx, cancel := context.WithTimeout(context.Background(), b.c.cfg.RedisTimeout)
+		b.refresh(sctx, now)
+		cancel()
+		b.bg.Lock()
+		b.bg.running = nil
+		b.bg.Unlock()
+		b.refreshing.Store(false)
+		close(done)
+	}()
+	return e.st
+}
+
+// firstLoad reads the shared state for the first time, or waits, within
+// ctx, for the first read another caller runs.
+func (b *breaker) firstLoad(ctx context.Context, now int64) sharedState {
+	b.bg.Lock()
+	first := b.bg.first
+	if first == nil {
+		first = make(chan struct{})
+		b.bg.first = first
+		b.bg.Unlock()
+		b.refreshing.Store(true)
+		sctx, cancel := b.storeCtx(ctx)
+		st := b.refresh(sctx, now)
+		cancel()
+		b.refreshing.Store(false)
+		close(first)
+		return st
+	}
+	b.bg.Unlock()
+	select {
+	case <-first:
+	case <-ctx.Done():
+	}
+	return b.cache.Load().st
+}
+
+// refresh reads the shared state into the cache, stamped now (ms), and
+// returns the cached state. A local write made while it read (gen moved)
+// wins over what it read.
+func (b *breaker) refresh(ctx context.Context, now int64) sharedState {
 	b.mu.Lock()
 	gen := b.gen
 	b.mu.Unlock()
-	sctx, cancel := b.storeCtx(ctx)
-	fresh, err := b.store.load(sctx)
-	cancel()
+	fresh, err := b.store.load(ctx)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	cur := b.cache.Load()
-	next := &cachedState{st: cur.st, fetched: now}
+	next := &cachedState{st: cur.st, fetched: now, loaded: true}
 	if err != nil {
 		b.c.storeError("load", err)
 	} else if b.gen == gen {
@@ -304,6 +376,29 @@ func (b *breaker) snapshot(ctx context.Context, now int64) sharedState {
 	}
 	b.cache.Store(next)
 	return next.st
+}
+
+// refreshed returns a channel closed when the background read running
+// now ends, or nil when none runs.
+func (b *breaker) refreshed() <-chan struct{} {
+	b.bg.Lock()
+	defer b.bg.Unlock()
+	if b.bg.running == nil {
+		return nil
+	}
+	return b.bg.running
+}
+
+// close waits for a background read that runs and makes later reads run
+// in the callers.
+func (b *breaker) close() {
+	b.bg.Lock()
+	b.bg.closed = true
+	running := b.bg.running
+	b.bg.Unlock()
+	if running != nil {
+		<-running
+	}
 }
 
 // merge folds a state this process wrote into the cache.

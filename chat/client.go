@@ -84,6 +84,19 @@ type Config struct {
 	// for an OpenAI-compatible server that refuses stream_options; such
 	// streams keep their whole reservation.
 	DisableStreamUsage bool
+	// SettleDelay is how long a settlement (the Adjust that settles a
+	// token reservation against the usage, or gives back what an attempt
+	// did not use) may wait so that it is made off the caller's path and
+	// coalesced with the other calls' settlements of the same budget: one
+	// Adjust per budget and key every SettleDelay at most, in a goroutine
+	// that runs only while settlements are pending. It applies to the
+	// Limiters that do I/O; a *ratelimit.Local settles inline, as does
+	// a refund that precedes a retry of the same call (see the package
+	// doc's Accounting section, which says how long a budget can be off
+	// and why 50 ms). Close makes the pending settlements. Zero means
+	// DefaultSettleDelay (50 ms); negative means every settlement is made
+	// in the call, as it happens.
+	SettleDelay time.Duration
 
 	// MaxInFlight bounds the upstream calls (and open streams) of this
 	// Client. Zero means 256; negative means no bound.
@@ -147,11 +160,14 @@ type Config struct {
 	// metrics' "client" label. Empty means "openai". It must not contain
 	// '{' or '}'.
 	Name string
-	// RefreshEvery is how often the shared state is read from Redis.
-	// Zero means 100 ms; negative is an error.
+	// RefreshEvery is how old the copy of the shared state may get: the
+	// first call that finds it older starts a read of Redis in the
+	// background and goes on with the copy (see the package doc's Breaker
+	// section). Zero means 100 ms; negative is an error.
 	RefreshEvery time.Duration
-	// RedisTimeout bounds each Redis call of the breaker. Zero means
-	// 500 ms; negative is an error.
+	// RedisTimeout bounds each Redis call of the breaker, and each
+	// settlement of a Limiter that does I/O. Zero means 500 ms; negative
+	// is an error.
 	RedisTimeout time.Duration
 
 	// LowRemainingRequests and LowRemainingTokens: when the upstream's
@@ -206,6 +222,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.DefaultMaxTokens == 0 {
 		c.DefaultMaxTokens = 1024
 	}
+	def(&c.SettleDelay, DefaultSettleDelay)
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = 256
 	}
@@ -302,8 +319,10 @@ func configError(field, reason string) error {
 // client) within request and token budgets, behind a bulkhead and a
 // circuit breaker shared through Redis, with a per-attempt timeout,
 // retries within a retry budget, and a fallback reply. See the package
-// doc for the order of these. A Client is safe for concurrent use and
-// starts no goroutines.
+// doc for the order of these. A Client is safe for concurrent use. It
+// runs no goroutine at rest: one settles budgets while settlements are
+// pending (Config.SettleDelay), one reads the breaker's shared state from
+// Redis while that read runs; Close waits for both.
 type Client struct {
 	inner      Completer
 	cfg        Config
@@ -314,6 +333,7 @@ type Client struct {
 	bulk       chan struct{}
 	budget     *retryBudget
 	br         *breaker
+	settle     *settler
 	metrics    *metrics
 	fb         *openai.Client // builds fallback streams
 
@@ -342,6 +362,7 @@ func NewClient(inner Completer, cfg Config) (*Client, error) {
 		sleep:  timeutil.Sleep,
 		jitter: func(n int64) int64 { return mrand.Int64N(n) },
 		budget: newRetryBudget(cfg.RetryRatio, cfg.RetryFloor, cfg.RetryWindow),
+		settle: newSettler(cfg.SettleDelay, cfg.RedisTimeout, cfg.Logger, cfg.Name),
 	}
 	if cfg.MaxInFlight > 0 {
 		c.bulk = make(chan struct{}, cfg.MaxInFlight)
@@ -372,13 +393,18 @@ func NewClient(inner Completer, cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Close unregisters the Client's collectors from Config.Registerer, so
-// that another Client with the same Name and ConstLabels can register
-// them. That is all it does: the Client holds no goroutine, and it does
-// not close Config.Redis or the inner Completer. A Client keeps working
-// after Close (Stats still counts), without metrics. Close is idempotent
-// and returns nil.
+// Close makes the settlements still pending (see Config.SettleDelay) at
+// once, within RedisTimeout, waits for them and for a read of the
+// breaker's shared state that is running, and unregisters the Client's
+// collectors from Config.Registerer, so that another Client with the
+// same Name and ConstLabels can register them. It does not close
+// Config.Redis or the inner Completer. A Client keeps working after Close
+// (Stats still counts), without metrics and without goroutines: its
+// settlements and its reads of the shared state are then made in the
+// calls. Close is idempotent and returns nil.
 func (c *Client) Close() error {
+	c.settle.close()
+	c.br.close()
 	c.metrics.reg.Unregister()
 	return nil
 }
@@ -401,11 +427,13 @@ func (c *Client) storeError(op string, err error) {
 // request whose token reservation can never fit the token budget returns
 // a *TooLargeError, and one go-openai refuses before sending (e.g. Stream
 // set, MaxTokens on a reasoning model) returns go-openai's error; neither
-// spends anything nor is answered by the fallback.
+// spends anything nor is answered by the fallback. A call whose
+// per-learner quota (set by a Service) cannot take it returns a
+// *RateLimitError at once, with no fallback.
 func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error) {
 	var resp openai.ChatCompletionResponse
-	err := c.run(ctx, req, func(reserve int) attemptResult {
-		r, res := c.attemptUnary(ctx, req, reserve)
+	err := c.run(ctx, req, func(st step) attemptResult {
+		r, res := c.attemptUnary(ctx, req, st)
 		if res.err == nil {
 			resp = r
 		}
@@ -429,19 +457,22 @@ func (c *Client) CreateChatCompletion(ctx context.Context, req openai.ChatComple
 // one-chunk stream for which IsDegradedStream reports true. Callers must
 // Close the stream; that frees its bulkhead slot.
 //
-// With a token budget, a request without StreamOptions is sent with
-// stream_options {"include_usage": true} (unless DisableStreamUsage): its
-// stream then ends with a chunk that has no Choices and carries Usage, so
-// code reading the stream must not assume Choices is non-empty.
+// With a token budget (or a per-learner token quota), a request without
+// StreamOptions is sent with stream_options {"include_usage": true}
+// (unless DisableStreamUsage): its stream then ends with a chunk that has
+// no Choices and carries Usage, so code reading the stream must not
+// assume Choices is non-empty.
 func (c *Client) CreateChatCompletionStream(ctx context.Context, req openai.ChatCompletionRequest) (*openai.ChatCompletionStream, error) {
-	if c.cfg.Tokens != nil && req.StreamOptions == nil && !c.cfg.DisableStreamUsage {
-		req.StreamOptions = &openai.StreamOptions{IncludeUsage: true}
+	if req.StreamOptions == nil && !c.cfg.DisableStreamUsage {
+		if q := quotaOf(ctx); c.cfg.Tokens != nil || q != nil && q.tokens.Limiter != nil {
+			req.StreamOptions = &openai.StreamOptions{IncludeUsage: true}
+		}
 	}
 	var s *openai.ChatCompletionStream
-	err := c.run(ctx, req, func(reserve int) attemptResult {
-		st, res := c.attemptStream(ctx, req, reserve)
+	err := c.run(ctx, req, func(st step) attemptResult {
+		str, res := c.attemptStream(ctx, req, st)
 		if res.err == nil {
-			s = st
+			s = str
 		}
 		return res
 	})
@@ -457,6 +488,24 @@ func (c *Client) CreateChatCompletionStream(ctx context.Context, req openai.Chat
 	return nil, err
 }
 
+// step is what run gives one attempt.
+type step struct {
+	n       int    // the attempt's number, from 1
+	reserve int    // the token reservation
+	quota   *quota // the call's per-learner quota, or nil
+	charge  bool   // the quota is not spent yet: this attempt spends it if it reaches the budget step
+}
+
+// tokenFate is what became of an attempt's token reservation.
+type tokenFate uint8
+
+const (
+	tokensKept  tokenFate = iota // kept as reserved
+	tokensBack                   // given back: the upstream did not charge them
+	tokensUsage                  // settled to the usage the upstream reported
+	tokensBody                   // settled by the stream's body when it ends
+)
+
 // attemptResult is one attempt's outcome.
 type attemptResult struct {
 	err        error
@@ -466,26 +515,71 @@ type attemptResult struct {
 	retryAfter time.Duration // zero unless err != nil
 	took       time.Duration
 	end        time.Time // when the attempt ended (Config.Now)
+
+	quotaSpent bool       // the attempt spent the call's quota
+	back       settlement // what it gives back to the shared budgets, not made yet
+	tokens     tokenFate  // what became of its token reservation (upstream attempts)
+	usage      int        // the total tokens reported, when tokens is tokensUsage
 }
 
-// run is the retry loop around attempts.
-func (c *Client) run(ctx context.Context, req openai.ChatCompletionRequest, try func(reserve int) attemptResult) error {
+// call is one call's bookkeeping across its attempts.
+type call struct {
+	reserve    int
+	quota      *quota
+	quotaSpent bool
+	attempts   int        // upstream attempts
+	tokens     tokenFate  // of the last upstream attempt
+	usage      int        // of the last upstream attempt
+	owed       settlement // the last attempt's refunds, not made yet
+}
+
+// run runs a call: the retry loop around attempts, then what the call
+// still owes the budgets.
+func (c *Client) run(ctx context.Context, req openai.ChatCompletionRequest, try func(step) attemptResult) error {
 	reserve := c.reservation(req)
 	if err := c.fits(reserve); err != nil {
 		c.metrics.call(outError)
 		return err
 	}
-	var (
-		attempts int
-		last     attemptResult
-	)
+	cl := call{reserve: reserve, quota: quotaOf(ctx)}
+	err := c.attempts(ctx, &cl, try)
+	c.settleCall(ctx, &cl)
+	return err
+}
+
+// settleCall makes, later, what a call still owes when it ends: its last
+// attempt's refunds, and its quota's: given back whole when no upstream
+// attempt was made, else its tokens settled as the last upstream
+// attempt's reservation was (a stream's body settles them itself).
+func (c *Client) settleCall(ctx context.Context, cl *call) {
+	c.settleLater(ctx, cl.owed)
+	q := cl.quota
+	if q == nil || !cl.quotaSpent {
+		return
+	}
+	switch {
+	case cl.attempts == 0:
+		c.giveBack(ctx, q)
+	case cl.tokens == tokensBack:
+		c.adjust(ctx, q.tokens.Limiter, q.tokens.Key, -q.tokens.N)
+	case cl.tokens == tokensUsage:
+		c.adjust(ctx, q.tokens.Limiter, q.tokens.Key, cl.usage-q.tokens.N)
+	}
+}
+
+// attempts is the retry loop.
+func (c *Client) attempts(ctx context.Context, cl *call, try func(step) attemptResult) error {
+	var last attemptResult
 	spent := func(reason Reason) *UnavailableError {
-		return &UnavailableError{Reason: reason, StatusCode: last.status, RetryAfter: last.retryAfter, Attempts: attempts, Err: last.err}
+		return &UnavailableError{Reason: reason, StatusCode: last.status, RetryAfter: last.retryAfter, Attempts: cl.attempts, Err: last.err}
 	}
 	for n := 1; ; n++ {
-		res := try(reserve)
+		res := try(step{n: n, reserve: cl.reserve, quota: cl.quota, charge: cl.quota != nil && !cl.quotaSpent})
+		cl.quotaSpent = cl.quotaSpent || res.quotaSpent
+		cl.owed = res.back
 		if res.upstream {
-			attempts++
+			cl.attempts++
+			cl.tokens, cl.usage = res.tokens, res.usage
 			c.metrics.attempt(res.cls)
 			if n == 1 {
 				// Only first attempts that reached the upstream fund
@@ -499,11 +593,16 @@ func (c *Client) run(ctx context.Context, req openai.ChatCompletionRequest, try 
 			return nil
 		}
 		var u *UnavailableError
+		_, quotaShort := res.err.(*RateLimitError) // as charge returns it
 		switch {
+		case !res.upstream && quotaShort:
+			// The learner's quota: answered at once, no fallback.
+			c.metrics.call(outRateLimited)
+			return res.err
 		case !res.upstream && errors.As(res.err, &u):
 			// Refused before the upstream: breaker, budget, bulkhead.
 			if u.Attempts == 0 {
-				u.Attempts = attempts
+				u.Attempts = cl.attempts
 			}
 			if u.StatusCode == 0 {
 				u.StatusCode = last.status
@@ -550,13 +649,16 @@ func (c *Client) run(ctx context.Context, req openai.ChatCompletionRequest, try 
 			return c.unavailable(spent(ReasonRetriesSpent))
 		}
 		c.metrics.retry()
+		// The retry spends the same budgets again: what this attempt
+		// gives back must be there before the retry waits for it.
+		c.settleNow(ctx, cl.owed)
+		cl.owed = settlement{}
 		if err := c.sleep(ctx, delay); err != nil {
 			c.metrics.call(outCanceled)
 			return err
 		}
 	}
 }
-
 func (c *Client) unavailable(u *UnavailableError) error {
 	if c.cfg.DisableFallback {
 		c.metrics.call(outUnavailable)
@@ -623,46 +725,98 @@ func (c *Client) reservation(req openai.ChatCompletionRequest) int {
 
 // enter passes an attempt through the breaker, the budget and the
 // bulkhead, in that order. It returns when the attempt may start (the
-// time after any wait for budget).
-func (c *Client) enter(ctx context.Context, reserve int) (permit, time.Time, error) {
+// time after any wait for budget), and whether the attempt spent the
+// call's quota (even when it fails: the quota is then given back when the
+// call ends without an upstream attempt).
+func (c *Client) enter(ctx context.Context, st step) (p permit, start time.Time, quotaSpent bool, err error) {
 	now := c.now()
-	p, err := c.br.allow(ctx, now.UnixMilli())
-	if err != nil {
-		return p, now, err
+	if p, err = c.br.allow(ctx, now.UnixMilli()); err != nil {
+		return p, now, false, err
 	}
-	if now, err = c.waitBudget(ctx, reserve, now); err != nil {
+	if now, quotaSpent, err = c.waitBudget(ctx, st, now); err != nil {
 		c.br.finish(ctx, p, classExcluded, "")
-		return permit{}, now, err
+		return permit{}, now, quotaSpent, err
 	}
 	if err := c.acquire(ctx); err != nil {
-		c.refund(ctx, reserve)
+		c.refund(ctx, st.reserve)
 		c.br.finish(ctx, p, classExcluded, "")
-		return permit{}, now, err
+		return permit{}, now, quotaSpent, err
 	}
-	return p, now, nil
+	return p, now, quotaSpent, nil
 }
 
 // waitBudget waits out an adaptive pause, then spends 1 request and
-// reserve tokens, all or nothing. start is the current time; it returns
-// the time after the wait.
-func (c *Client) waitBudget(ctx context.Context, reserve int, start time.Time) (time.Time, error) {
+// st.reserve tokens, all or nothing, and the call's quota when st says
+// so. start is the current time; it returns the time after the wait.
+func (c *Client) waitBudget(ctx context.Context, st step, start time.Time) (time.Time, bool, error) {
 	pause := c.br.peek().pause
-	if pause <= start.UnixMilli() && c.cfg.Requests == nil && c.cfg.Tokens == nil {
-		return start, nil
+	q := st.quota
+	if !st.charge {
+		q = nil
 	}
-	err := c.spendBudget(ctx, reserve, start, pause)
+	if pause <= start.UnixMilli() && c.cfg.Requests == nil && c.cfg.Tokens == nil && q == nil {
+		return start, false, nil
+	}
+	sctx, span := startSpan(ctx, spanBudget)
+	spent, err := c.spendBudget(sctx, st.reserve, start, pause, q)
 	end := c.now()
 	c.metrics.limiterWait(end.Sub(start))
-	return end, err
+	endBudgetSpan(span, end.Sub(start), err)
+	return end, spent, err
 }
 
-func (c *Client) spendBudget(ctx context.Context, reserve int, start time.Time, pause int64) error {
-	if pause > start.UnixMilli() {
+// spendBudget is the budget step: the adaptive pause and the shared
+// budgets (spendShared) and, with q, the learner's quota, asked with
+// ratelimit.AllowAll (never waiting) at the same time as the shared
+// budgets when it does I/O, so that its round trip adds no latency. A
+// quota that refuses ends the shared wait (WaitAll spends nothing when
+// its ctx ends) or gives back what it spent. spent reports whether q was
+// spent.
+func (c *Client) spendBudget(ctx context.Context, reserve int, start time.Time, pause int64, q *quota) (spent bool, err error) {
+	paused := pause > start.UnixMilli()
+	if paused {
 		d := time.Duration(pause-start.UnixMilli()) * time.Millisecond
 		if dl, ok := ctx.Deadline(); ok && start.Add(d).After(dl) {
-			return &UnavailableError{Reason: ReasonRateLimited, RetryAfter: d}
+			return false, &UnavailableError{Reason: ReasonRateLimited, RetryAfter: d}
 		}
-		if err := c.sleep(ctx, d); err != nil {
+	}
+	switch {
+	case q == nil:
+		return false, c.spendShared(ctx, reserve, start, pause)
+	case !q.io || !paused && c.cfg.Requests == nil && c.cfg.Tokens == nil:
+		// The quota answers at once (a *ratelimit.Local), or it is all
+		// there is to ask.
+		if spent, err = c.charge(ctx, q); err != nil {
+			return spent, err
+		}
+		return spent, c.spendShared(ctx, reserve, start, pause)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	answer := make(chan quotaAnswer, 1)
+	go func() {
+		spent, err := c.charge(ctx, q)
+		if err != nil {
+			cancel()
+		}
+		answer <- quotaAnswer{spent, err}
+	}()
+	err = c.spendShared(wctx, reserve, start, pause)
+	a := <-answer
+	if a.err != nil {
+		if err == nil {
+			c.refund(ctx, reserve)
+		}
+		return a.spent, a.err
+	}
+	return a.spent, err
+}
+
+// spendShared waits out an adaptive pause, then spends 1 request and
+// reserve tokens from the shared budgets, all or nothing.
+func (c *Client) spendShared(ctx context.Context, reserve int, start time.Time, pause int64) error {
+	if pause > start.UnixMilli() {
+		if err := c.sleep(ctx, time.Duration(pause-start.UnixMilli())*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -699,30 +853,11 @@ func (c *Client) spendBudget(ctx context.Context, reserve int, start time.Time, 
 	}
 }
 
-// refund gives back what waitBudget spent, when no upstream call followed.
+// refund gives back what spendShared spent, when no upstream call
+// followed.
 func (c *Client) refund(ctx context.Context, reserve int) {
 	c.adjust(ctx, c.cfg.Requests, c.cfg.RequestKey, -1)
 	c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, -reserve)
-}
-
-// adjust settles delta on lim (nil: nothing), even when ctx has ended, in
-// at most RedisTimeout. A *ratelimit.Local does no I/O and ignores ctx,
-// so it gets no timer.
-func (c *Client) adjust(ctx context.Context, lim ratelimit.Limiter, key string, delta int) {
-	if lim == nil || delta == 0 {
-		return
-	}
-	var err error
-	if _, local := lim.(*ratelimit.Local); local {
-		err = lim.Adjust(ctx, key, delta)
-	} else {
-		sctx, cancel := c.br.storeCtx(ctx)
-		err = lim.Adjust(sctx, key, delta)
-		cancel()
-	}
-	if err != nil {
-		c.logger.Warn("chat: settling budget", "name", c.cfg.Name, "key", key, "delta", delta, "err", err)
-	}
 }
 
 // acquire takes a bulkhead slot, waiting at most BulkheadWait.
@@ -759,17 +894,22 @@ func (c *Client) release() {
 	}
 }
 
-func (c *Client) attemptUnary(ctx context.Context, req openai.ChatCompletionRequest, reserve int) (openai.ChatCompletionResponse, attemptResult) {
-	p, start, err := c.enter(ctx, reserve)
+func (c *Client) attemptUnary(ctx context.Context, req openai.ChatCompletionRequest, st step) (openai.ChatCompletionResponse, attemptResult) {
+	p, start, quotaSpent, err := c.enter(ctx, st)
 	if err != nil {
-		return openai.ChatCompletionResponse{}, attemptResult{err: err, cls: classExcluded}
+		return openai.ChatCompletionResponse{}, attemptResult{err: err, cls: classExcluded, quotaSpent: quotaSpent}
 	}
-	actx, cancel := context.WithTimeoutCause(ctx, c.cfg.AttemptTimeout, errAttemptTimeout)
+	spanCtx, span := startSpan(ctx, spanAttempt)
+	actx, cancel := context.WithTimeoutCause(spanCtx, c.cfg.AttemptTimeout, errAttemptTimeout)
 	a := &attemptInfo{}
 	if p.probe {
 		a.onReach = c.metrics.probe
 	}
-	resp, err := c.inner.CreateChatCompletion(withAttempt(actx, a), req)
+	ictx := withAttempt(actx, a)
+	if st.quota != nil {
+		ictx = withoutQuota(ictx)
+	}
+	resp, err := c.inner.CreateChatCompletion(ictx, req)
 	cls, status := classify(ctx, actx, err)
 	cancel()
 	c.release()
@@ -780,22 +920,26 @@ func (c *Client) attemptUnary(ctx context.Context, req openai.ChatCompletionRequ
 	if status == 0 {
 		status = seenStatus
 	}
-	o := attemptOutcome{p: p, reserve: reserve, start: start, err: err, cls: cls, status: status, h: h, reached: reached,
+	o := attemptOutcome{p: p, reserve: st.reserve, start: start, err: err, cls: cls, status: status, h: h, reached: reached,
 		// The status line came back (go-openai sets the header of
 		// every reply it got, error replies included).
 		answered: err == nil || status != 0 || h != nil}
 	if err == nil {
 		o.usage = &resp.Usage
 	}
-	return resp, c.leave(ctx, o)
+	res := c.leave(ctx, o)
+	res.quotaSpent = quotaSpent
+	endAttemptSpan(span, st.n, res)
+	return resp, res
 }
 
-func (c *Client) attemptStream(ctx context.Context, req openai.ChatCompletionRequest, reserve int) (*openai.ChatCompletionStream, attemptResult) {
-	p, start, err := c.enter(ctx, reserve)
+func (c *Client) attemptStream(ctx context.Context, req openai.ChatCompletionRequest, st step) (*openai.ChatCompletionStream, attemptResult) {
+	p, start, quotaSpent, err := c.enter(ctx, st)
 	if err != nil {
-		return nil, attemptResult{err: err, cls: classExcluded}
+		return nil, attemptResult{err: err, cls: classExcluded, quotaSpent: quotaSpent}
 	}
-	sctx, cancel := context.WithCancelCause(ctx)
+	spanCtx, span := startSpan(ctx, spanAttempt)
+	sctx, cancel := context.WithCancelCause(spanCtx)
 	// The timeout covers the wait for the first byte only; the stream
 	// then lives as long as ctx, until the caller closes it.
 	timer := time.AfterFunc(c.cfg.AttemptTimeout, func() { cancel(errAttemptTimeout) })
@@ -805,11 +949,32 @@ func (c *Client) attemptStream(ctx context.Context, req openai.ChatCompletionReq
 	if p.probe {
 		a.onReach = c.metrics.probe
 	}
-	if c.cfg.Tokens != nil {
-		a.settle = func(total int) { c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, total-reserve) }
-		a.refund = func() { c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, -reserve) }
+	// Past enter, the call holds its quota (spent now or before): a body
+	// that settles the shared tokens settles the quota's too.
+	q := st.quota
+	if q != nil && q.tokens.Limiter == nil {
+		q = nil
 	}
-	s, err := c.inner.CreateChatCompletionStream(withAttempt(sctx, a), req)
+	if c.cfg.Tokens != nil || q != nil {
+		reserve := st.reserve
+		a.settle = func(total int) {
+			c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, total-reserve)
+			if q != nil {
+				c.adjust(ctx, q.tokens.Limiter, q.tokens.Key, total-q.tokens.N)
+			}
+		}
+		a.refund = func() {
+			c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, -reserve)
+			if q != nil {
+				c.adjust(ctx, q.tokens.Limiter, q.tokens.Key, -q.tokens.N)
+			}
+		}
+	}
+	ictx := withAttempt(sctx, a)
+	if st.quota != nil {
+		ictx = withoutQuota(ictx)
+	}
+	s, err := c.inner.CreateChatCompletionStream(ictx, req)
 	if !timer.Stop() && err == nil {
 		_ = s.Close()
 		s, err = nil, context.Cause(sctx)
@@ -834,13 +999,16 @@ func (c *Client) attemptStream(ctx context.Context, req openai.ChatCompletionReq
 	if status == 0 {
 		status = seenStatus
 	}
-	o := attemptOutcome{p: p, reserve: reserve, start: start, err: err, cls: cls, status: status, h: h, reached: reached,
+	o := attemptOutcome{p: p, reserve: st.reserve, start: start, err: err, cls: cls, status: status, h: h, reached: reached,
 		// An error reply, or the first byte of the stream's body.
 		answered: err == nil || statusOf(err) != 0,
 		// The wrapped body settles the tokens as the stream passes.
 		bodySettles: err == nil && wrapped,
 	}
-	return s, c.leave(ctx, o)
+	res := c.leave(ctx, o)
+	res.quotaSpent = quotaSpent
+	endAttemptSpan(span, st.n, res)
+	return s, res
 }
 
 // attemptOutcome is what one attempt that passed enter learned.
@@ -861,7 +1029,9 @@ type attemptOutcome struct {
 }
 
 // leave settles an attempt: what it spent (see the package doc's
-// Accounting section), the adaptive pause, the breaker.
+// Accounting section), the adaptive pause, the breaker. What the attempt
+// gives back to the shared budgets is returned in its result's back, for
+// run to give back before a retry or when the call ends.
 func (c *Client) leave(ctx context.Context, o attemptOutcome) attemptResult {
 	end := c.now()
 	if o.reached {
@@ -869,7 +1039,7 @@ func (c *Client) leave(ctx context.Context, o attemptOutcome) attemptResult {
 	}
 	if o.err != nil && !o.reached && (refusedLocally(o.err) || c.viaTransport.Load()) {
 		// Refused before it was sent: no attempt, no breaker count, and
-		// its budget is given back.
+		// its budget is given back (no retry follows).
 		c.refund(ctx, o.reserve)
 		c.br.finish(ctx, o.p, classExcluded, "")
 		return attemptResult{err: o.err, cls: classExcluded, took: end.Sub(o.start), end: end}
@@ -879,21 +1049,24 @@ func (c *Client) leave(ctx context.Context, o attemptOutcome) attemptResult {
 		c.metrics.probe()
 	}
 	c.observe(ctx, o.h, end)
+	res := attemptResult{err: o.err, cls: o.cls, upstream: true, status: o.status, took: end.Sub(o.start), end: end}
 	if o.err != nil && isDialError(o.err) {
 		// The connection could not be made: the upstream never saw it.
-		c.adjust(ctx, c.cfg.Requests, c.cfg.RequestKey, -1)
+		res.back.requests = -1
 	}
 	switch {
 	case o.usage != nil && o.usage.TotalTokens > 0:
+		res.tokens, res.usage = tokensUsage, o.usage.TotalTokens
 		c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, o.usage.TotalTokens-o.reserve)
 	case o.bodySettles:
+		res.tokens = tokensBody
 	case o.err != nil && (!o.answered || o.status >= 400 && o.status < 500):
 		// Not charged: refused by the upstream (4xx, 429 included), or no
 		// reply came back (connection refused, timeout or cancellation
 		// before the first byte).
-		c.adjust(ctx, c.cfg.Tokens, c.cfg.TokenKey, -o.reserve)
+		res.tokens = tokensBack
+		res.back.tokens = -o.reserve
 	}
-	res := attemptResult{err: o.err, cls: o.cls, upstream: true, status: o.status, took: end.Sub(o.start), end: end}
 	if o.err != nil {
 		res.retryAfter = retryAfter(o.h, end)
 	}
@@ -1007,8 +1180,9 @@ type Stats struct {
 	// Calls by outcome: answered by the upstream, answered by the
 	// fallback, refused with an *UnavailableError, failed with an error
 	// of their own (an upstream client error, a *TooLargeError, a request
-	// go-openai refused before sending), ended by the caller's ctx.
-	OK, Fallbacks, Unavailable, Errors, Canceled uint64
+	// go-openai refused before sending), ended by the caller's ctx,
+	// refused by the learner's quota (a *RateLimitError).
+	OK, Fallbacks, Unavailable, Errors, Canceled, RateLimited uint64
 	// Attempts is the number of upstream attempts (requests that left
 	// the process, see the package doc's Accounting section); Retries
 	// of them were retries. RetriesDenied counts retries the retry
@@ -1038,7 +1212,7 @@ func (c *Client) Stats() Stats {
 	s := Stats{
 		OK: m.n.calls[outOK].Load(), Fallbacks: m.n.calls[outFallback].Load(),
 		Unavailable: m.n.calls[outUnavailable].Load(), Errors: m.n.calls[outError].Load(),
-		Canceled: m.n.calls[outCanceled].Load(),
+		Canceled: m.n.calls[outCanceled].Load(), RateLimited: m.n.calls[outRateLimited].Load(),
 		Attempts: m.n.attempts.Load(), Retries: m.n.retries.Load(), RetriesDenied: m.n.retriesDenied.Load(),
 		Trips: m.n.trips.Load(), Probes: m.n.probes.Load(), BulkheadFull: m.n.bulkheadFull.Load(),
 		Pauses: m.n.pauses.Load(), StoreErrors: m.n.storeErrors.Load(),

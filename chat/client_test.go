@@ -33,13 +33,15 @@ func request(msg string) openai.ChatCompletionRequest {
 }
 
 // newTestClient returns a Client on a real go-openai client pointed at
-// fake. Backoff sleeps are skipped unless realSleep.
+// fake, closed when the test ends (before the test's Redis, if it was
+// made first). Backoff sleeps are skipped unless realSleep.
 func newTestClient(t *testing.T, fake *testutil.FakeOpenAI, cfg Config, realSleep bool) *Client {
 	t.Helper()
 	c, err := NewClient(NewOpenAI(fake.URL, "sk-test", 64), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = c.Close() })
 	if !realSleep {
 		c.sleep = func(ctx context.Context, _ time.Duration) error { return ctx.Err() }
 	}

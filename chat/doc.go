@@ -1,5 +1,15 @@
-// Package chat calls an OpenAI-compatible Chat Completions API for
-// chatscale without amplifying an outage.
+// Package chat runs chatscale's tutor turns and calls an
+// OpenAI-compatible Chat Completions API without amplifying an outage.
+//
+// Service is the turn: for a learner's question about the video they
+// watch, it opens the learner's thread for the course, takes the video's
+// transcript, builds a prompt within the token budgets (with the model's
+// tokenizer, see package chat/prompt), asks a Completer and stores the
+// exchange, in three sequential Redis round trips besides the upstream
+// call. Its Ask and Stream methods document the steps and what happens
+// when a part fails; a host maps the typed errors to HTTP statuses with
+// errors.Is: ErrInvalidRequest (400), ErrRateLimited (429, with
+// RateLimitError.RetryAfter), ErrUnavailable (503).
 //
 // Client wraps a Completer (a go-openai *openai.Client, see NewOpenAI and
 // HTTPClient) and is itself a Completer, so wrappers compose. It assumes
@@ -14,14 +24,19 @@
 //
 //	retry (full-jitter backoff, Retry-After floor, retry budget, ctx deadline)
 //	  → breaker (per-instance gobreaker + trips shared through Redis)
-//	    → shared pause, then limiter wait (ratelimit.WaitAll: 1 request + reserved tokens)
+//	    → budget step: shared pause, then limiter wait (ratelimit.WaitAll:
+//	      1 request + reserved tokens), and, on the call's first attempt
+//	      that gets here, the learner's quota at the same time
+//	      (ratelimit.AllowAll, never waiting; see Per-learner quota)
 //	      → bulkhead (MaxInFlight, BulkheadWait)
 //	        → per-attempt timeout (AttemptTimeout; for streams, until the first byte)
 //	          → go-openai → Transport → upstream
 //
 // and falls back (FallbackText, marked degraded) or returns an
-// *UnavailableError when the upstream cannot be used. This order keeps
-// these properties:
+// *UnavailableError when the upstream cannot be used, or a
+// *RateLimitError, at once and without fallback, when the learner's quota
+// cannot take the call. Afterwards the call's settlements (see
+// Accounting) are made off its path. This order keeps these properties:
 //   - an open breaker spends no rate budget: the breaker refuses before
 //     the limiter is asked;
 //   - every upstream attempt spends budget: each retry goes through the
@@ -33,7 +48,18 @@
 //     before sending and a rate-limited 429 never count as breaker
 //     failures: they are reported to gobreaker as excluded (IsExcluded);
 //   - an open breaker ends the retries: retries go round the breaker,
-//     and a refused attempt is not retried.
+//     and a refused attempt is not retried;
+//   - an open breaker answers before the learner's quota is asked: its
+//     fallback spends no quota either;
+//   - on Redis, a call answered at its first attempt makes one
+//     sequential round trip of its own: the budget step (the shared
+//     budgets and the quota in parallel). Its settlements are coalesced
+//     with other calls' and made later (see Accounting); the breaker's
+//     shared state is re-read in the background (see Breaker), except
+//     for its first read, which the calls made before it ended wait for
+//     (LoadScripts makes it at startup). A retry adds its own budget step
+//     and, before it, the failed attempt's refunds; a trip, a probe or an
+//     adaptive pause adds its own round trip when it happens.
 //
 // # Retries
 //
@@ -80,23 +106,38 @@
 //
 // A trip is published: with Redis, "open until T" and the reason go into
 // one hash (a Lua script keeps the later deadline when two instances
-// trip), and the local gobreaker starts over. Every instance reads that
-// hash at most every RefreshEvery and treats the upstream as open until
-// T, answering with the fallback without spending budget. After T, one
-// instance in the cluster takes a short lease and sends the half-open
-// probe while the others keep falling back. The lease is taken by a
-// script only while the hash still holds T, so an instance whose cached
-// view is stale (another instance's probe has since closed or re-opened
-// the breaker) adopts the newer state instead of probing the same period
-// again. The probe's success closes the breaker for everyone (only if no
-// newer trip happened), its failure re-opens it until now+OpenFor; a
-// probe that ends without an outcome (its caller's ctx ended, the budget
-// or the bulkhead refused it, go-openai refused it) releases the lease for
+// trip), and the local gobreaker starts over. Every instance keeps a copy
+// of that hash and treats the upstream as open until T, answering with
+// the fallback without spending budget. After T, one instance in the
+// cluster takes a short lease and sends the half-open probe while the
+// others keep falling back. The lease is taken by a script only while
+// the hash still holds T, so an instance whose copy is stale (another
+// instance's probe has since closed or re-opened the breaker) adopts the
+// newer state instead of probing the same period again. The probe's
+// success closes the breaker for everyone (only if no newer trip
+// happened), its failure re-opens it until now+OpenFor; a probe that
+// ends without an outcome (its caller's ctx ended, the budget or the
+// bulkhead refused it, go-openai refused it) releases the lease for
 // another. No lock is held across an upstream call, so calls through a
 // closed breaker are never serialised. Deadlines come from Config.Now, so
 // every instance's clock must be roughly in sync. Without Redis the same
 // state lives in the process. If Redis fails, the process keeps its last
 // known state, its own trips, and probes alone.
+//
+// The copy is re-read stale-while-revalidate: the first call that finds
+// it older than RefreshEvery starts one read of the hash in the
+// background and, like every call until that read lands, goes on with
+// the copy; no call waits on Redis for it. So a trip published by another
+// instance is seen here at most RefreshEvery plus one read (bounded by
+// RedisTimeout) after it was published, given calls to start the read;
+// meanwhile this instance may still send calls upstream (the lease above
+// corrects a stale copy before a probe). Only until the first read has
+// ended do calls wait for it (one read for all of them, within
+// RedisTimeout and each caller's ctx), so that a new instance does not
+// call an upstream the others know to be down; LoadScripts makes that
+// read at startup. The read runs in a goroutine that exists only while
+// it runs; Close waits for it, and after Close a stale copy is re-read by
+// the call that finds it, before that call goes on.
 //
 // The keys are <Prefix>chat:{<Name>}:breaker (the hash) and
 // <Prefix>chat:{<Name>}:probe (the lease); Client.LoadScripts warms the
@@ -118,6 +159,7 @@
 //	outcome                                          request   tokens    attempt  breaker
 //	reservation over the token burst (TooLarge)      -         -         no       -
 //	breaker open, pause or budget not in time         -         -         no       -
+//	learner's quota short or its limiter down        back      back      no       -
 //	bulkhead full                                    back      back      no       -
 //	refused by go-openai before sending              back      back      no       -
 //	connection not made (refused, DNS, dial timeout)  back      back      yes      failure
@@ -136,10 +178,13 @@
 // ("-": nothing was spent; "back": given back with Adjust; "usage":
 // settled to the total_tokens the upstream reported, charging more when
 // the reply used more than reserved, and kept as reserved when it
-// reported none; for streams, see below.) The first byte is, for a unary
-// call, the response's status line, and for a stream the first byte of
-// its body. "attempt" is what Stats.Attempts and the attempts metric
-// count, and what funds the retry budget.
+// reported none; for streams, see below. When these Adjusts are made:
+// see Settlements below. A learner's quota that refuses ends the wait
+// for the shared budgets before it spends them, or gives back what they
+// spent: see Per-learner quota.) The first byte is, for a unary call, the
+// response's status line, and for a stream the first byte of its body.
+// "attempt" is what Stats.Attempts and the attempts metric count, and
+// what funds the retry budget.
 //
 // Why: OpenAI counts every request it receives against the request limit
 // ("unsuccessful requests contribute to your per-minute limit", OpenAI's
@@ -167,8 +212,9 @@
 // given back; if choices passed but no usage (the upstream ignores
 // stream_options), it is kept. A stream closed before its end keeps its
 // reservation unless its usage had already passed: the upstream may have
-// produced a reply nobody read. The settlement is an Adjust made while the
-// caller reads the last events, bounded by RedisTimeout.
+// produced a reply nobody read. The settlement is made as the caller
+// reads the last events, as a pending settlement (see below): the
+// caller's last Recv does not wait on Redis.
 //
 // Requests refused before sending are recognised this way. With
 // Transport, an attempt counts as sent when its request reached the
@@ -191,11 +237,109 @@
 // zero), but only once the breaker let the attempt through: while the
 // breaker is open such a call gets the fallback like any other.
 //
+// Settlements: an Adjust on a Limiter that does I/O (any Limiter but
+// *ratelimit.Local) is not made in the call. It is added to a pending
+// delta per (Limiter, key), summed with the other calls', and a
+// goroutine of the Client makes it at most Config.SettleDelay later
+// (default 50 ms): one Adjust per budget and key per flush, none when
+// the sum is zero, up to 16 at once, each bounded by RedisTimeout and
+// made whatever became of the caller's ctx. So a call on Redis budgets
+// spends them in one round trip and settles them in none of its own,
+// and the calls of a busy instance settle a key with one Adjust per
+// flush instead of one each. The goroutine exists only while something
+// is pending; NewClient starts none. Close makes what is pending at once
+// (the whole flush within RedisTimeout) and waits for it; later
+// settlements are made in the calls.
+//
+// The price is that a budget is off by its pending deltas until they
+// land: at most SettleDelay plus two flushes (one that was running when
+// the delta was added, then its own), a flush taking about one round
+// trip per 16 keys. The deltas are mostly refunds (a reservation counts
+// the reply's maximum), so meanwhile a budget looks more spent than it
+// is: it errs toward waiting, not toward overspending. A refund that
+// lands when the bucket has refilled to its burst is capped there, as
+// any refund is. Why 50 ms: it is under 0.1 % of a per-minute budget's
+// window and far below a learner's pace between turns, so a budget that
+// late decides as it would have; yet from 20 calls a second on an
+// instance, the settlements of a shared budget's key are coalesced (one
+// Adjust per flush instead of one per call). A longer SettleDelay saves
+// more round trips and leaves the budgets off for longer.
+//
+// Some settlements stay synchronous: those on a *ratelimit.Local (no
+// I/O), all of them when SettleDelay is negative or after Close, and the
+// refunds of an attempt that a retry follows. Those are made before the
+// retry waits for budget, because the retry spends the same budgets
+// again: deferred, they would make it wait for budget the call already
+// holds (on a budget that holds one reservation, a whole refill). They
+// cost a round trip on the retry's path only, which sleeps for its
+// backoff anyway. The refunds of the last attempt, and its usage, are
+// deferred.
+//
+// # Per-learner quota
+//
+// A Service gives the Client the learner's costs through the call's
+// context (a request and a token Cost, on limiters keyed by the
+// learner). They are spent once per call, on the first attempt that
+// reaches the budget step, with ratelimit.AllowAll, which never waits:
+// a learner over quota gets a *RateLimitError (ErrRateLimited, wrapping
+// a *ratelimit.LimitedError, with the quota's RetryAfter) at once. When
+// a quota limiter does I/O it is asked in a goroutine at the same time
+// as the shared budgets (the pause and WaitAll), so both round trips
+// make one sequential step; a quota on *ratelimit.Local limiters is
+// asked first, inline. ratelimit offers no script spending the quota's
+// and the shared budgets' keys together, so even when they share a
+// client and a slot they are two round trips in parallel.
+//
+//	outcome                                          quota request   quota tokens
+//	quota short (*RateLimitError), its limiter down  -               -
+//	breaker open (the quota is not asked)            -               -
+//	shared budget refused or its limiter down        back            back
+//	bulkhead full, refused before sending            back            back
+//	ctx ended before any upstream attempt            back            back
+//	upstream attempted (whatever the retries)        kept            as the last attempt's tokens
+//
+// ("as the last attempt's tokens": settled to the usage after an answer,
+// given back when the last upstream attempt's tokens were, kept when
+// they were kept, like the shared token budget in the table above.) A
+// quota that refuses ends the shared wait (WaitAll spends nothing when
+// its ctx ends) or gives back what the shared budgets spent, and the
+// call makes no attempt: no fallback, no breaker count, and the calls
+// metric counts it as rate_limited. A quota limiter whose store fails
+// closed (ratelimit.ErrUnavailable) gives an *UnavailableError with
+// ReasonLimiterDown, like a shared budget's. A learner's cost over the
+// quota's burst gives a *RateLimitError wrapping the limiter's
+// *chatscale.InputError. A Cost with a nil Limiter is skipped. With a
+// token quota, streams ask for their usage (stream_options) as with a
+// token budget, and their body settles the quota's tokens with the
+// shared ones. The quota is hidden from the Completer the Client calls,
+// so a Client wrapping a Client spends it once.
+//
 // # Degraded replies
 //
 // A fallback reply has SystemFingerprint DegradedFingerprint and its
 // Header() carries DegradedHeader set to the Reason; IsDegraded and
 // IsDegradedStream test for it.
+//
+// # Tracing
+//
+// When ctx carries a span that is recording (trace.SpanFromContext(ctx)
+// reports IsRecording), the Client starts child spans of it from that
+// span's TracerProvider, through the OpenTelemetry API only:
+//
+//	chat.budget    around the budget step of each attempt that has one:
+//	               chat.budget.wait_ms, chat.budget.outcome ("ok",
+//	               "rate_limited", "limiter_unavailable",
+//	               "user_rate_limited", "too_large", "canceled", "error");
+//	               error status unless ok
+//	chat.attempt   around each attempt past the bulkhead, the upstream
+//	               call running in it: chat.attempt.number (from 1),
+//	               http.response.status_code (when one came),
+//	               chat.attempt.class ("ok", "retryable", "fatal",
+//	               "excluded"), chat.attempt.sent (the request left the
+//	               process); error status when the attempt failed
+//
+// Without a recording span the Client does no span work (one context
+// lookup per step).
 //
 // # Metrics
 //
@@ -203,7 +347,7 @@
 // nothing, each with the constant label client=<Config.Name> and
 // Config.ConstLabels, under Config.Namespace (default "ai_chat"):
 //
-//	ai_chat_client_calls_total{outcome}        ok, fallback, unavailable, error, canceled
+//	ai_chat_client_calls_total{outcome}        ok, fallback, unavailable, error, canceled, rate_limited
 //	ai_chat_client_attempts_total{result}      upstream attempts: ok, retryable, fatal, excluded
 //	ai_chat_client_retries_total               retries sent
 //	ai_chat_client_retries_denied_total        retries refused by the retry budget
@@ -217,8 +361,11 @@
 // Two Clients share a registry when their Names or ConstLabels differ;
 // Client.Close unregisters the collectors. The "error" outcome counts
 // calls that returned an error of their own: a client error of the
-// upstream, a *TooLargeError, a request go-openai refused. The metrics
+// upstream, a *TooLargeError, a request go-openai refused. The
+// "rate_limited" outcome counts calls the learner's quota refused (a
+// *RateLimitError); a call the shared budget could not take in time is a
+// "fallback" (or "unavailable") with the reason rate_limited. The metrics
 // describe the upstream client only; the per-turn metrics
 // ai_chat_requests_total and ai_chat_request_duration_seconds belong to
-// the turn pipeline, not to Client.
+// the Service (see its documentation).
 package chat

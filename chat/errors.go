@@ -25,7 +25,67 @@ var (
 	// Retrying the same request cannot succeed, and no fallback answers
 	// it: shorten the messages or lower MaxCompletionTokens.
 	ErrTooLarge = errors.New("chat: request too large for the token budget")
+	// ErrRateLimited means the learner's own quota (Service's
+	// Config.UserRequests or Config.UserTokens) cannot take the turn now.
+	// The error is a *RateLimitError, whose RetryAfter says when it can.
+	// Nothing was spent and nothing was stored.
+	ErrRateLimited = errors.New("chat: rate limited")
+	// ErrInvalidRequest means a turn's Request can never succeed as it
+	// is: an empty or oversized ID, invalid UTF-8, an empty or oversized
+	// message. The error is a *ValidationError naming the field; it also
+	// matches chatscale.ErrInvalidInput. Nothing was spent or stored.
+	ErrInvalidRequest = errors.New("chat: invalid request")
+	// ErrClosed is returned by a Service's turns after Close.
+	ErrClosed = errors.New("chat: service closed")
 )
+
+// RateLimitError is returned when a per-learner quota refuses a turn.
+// errors.Is matches ErrRateLimited; Unwrap returns the limiter's error.
+type RateLimitError struct {
+	// Key is the quota's key (the learner's user ID).
+	Key string
+	// RetryAfter is how long until the quota can take the turn; zero when
+	// unknown.
+	RetryAfter time.Duration
+	// Err is the limiter's error (a *ratelimit.LimitedError), or nil.
+	Err error
+}
+
+// Error says which quota refused and when to come back.
+func (e *RateLimitError) Error() string {
+	s := "chat: rate limited"
+	if e.RetryAfter > 0 {
+		s += fmt.Sprintf(", retry after %s", e.RetryAfter)
+	}
+	return s
+}
+
+// Is reports whether target is ErrRateLimited.
+func (e *RateLimitError) Is(target error) bool { return target == ErrRateLimited }
+
+// Unwrap returns the limiter's error.
+func (e *RateLimitError) Unwrap() error { return e.Err }
+
+// ValidationError is returned for a Request that can never succeed.
+// errors.Is matches ErrInvalidRequest and chatscale.ErrInvalidInput.
+type ValidationError struct {
+	// Field is the Request field at fault: UserID, CourseID, VideoURL,
+	// Message or Position.
+	Field string
+	// Reason says what is wrong with it.
+	Reason string
+}
+
+// Error names the field and the reason.
+func (e *ValidationError) Error() string {
+	return "chat: invalid request: " + e.Field + ": " + e.Reason
+}
+
+// Is reports whether target is ErrInvalidRequest or
+// chatscale.ErrInvalidInput.
+func (e *ValidationError) Is(target error) bool {
+	return target == ErrInvalidRequest || target == chatscale.ErrInvalidInput
+}
 
 // TooLargeError is returned for a request whose token reservation can
 // never fit the token budget. It is returned before anything is spent: no
@@ -88,6 +148,24 @@ const (
 	// error, or the retry budget or ctx's deadline left no room for
 	// another.
 	ReasonRetriesSpent Reason = "retries_exhausted"
+
+	// The reasons below are a Service's: a turn answered without one of
+	// its parts (Response.Degraded), or refused for want of it.
+
+	// ReasonThreadsDown: the thread store failed; the turn had no history
+	// and nothing was stored.
+	ReasonThreadsDown Reason = "threads_unavailable"
+	// ReasonTranscriptDown: the transcript could not be loaded and no
+	// copy was cached.
+	ReasonTranscriptDown Reason = "transcript_unavailable"
+	// ReasonNoTranscript: the source has no transcript for the video.
+	ReasonNoTranscript Reason = "transcript_missing"
+	// ReasonStaleTranscript: the source failed and an expired copy of the
+	// transcript was used.
+	ReasonStaleTranscript Reason = "transcript_stale"
+	// ReasonStreamFailed: a streamed reply broke off after it began; the
+	// part received is not stored.
+	ReasonStreamFailed Reason = "stream_failed"
 )
 
 // UnavailableError is returned, when no fallback is configured, for a

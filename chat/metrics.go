@@ -17,10 +17,11 @@ const (
 	outUnavailable
 	outError
 	outCanceled
+	outRateLimited
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"ok", "fallback", "unavailable", "error", "canceled"}
+var outcomeNames = [numOutcomes]string{"ok", "fallback", "unavailable", "error", "canceled", "rate_limited"}
 
 // numClasses is the number of class values, for the attempts metric.
 const numClasses = int(classExcluded) + 1
@@ -56,7 +57,7 @@ func newMetrics(o prom.Opts, name string, c *Client) (*metrics, error) {
 	fq := func(n string) string { return o.Name("client", n) }
 	calls := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: fq("calls_total"), ConstLabels: labels,
-		Help: "Calls by outcome: ok, fallback, unavailable, error, canceled.",
+		Help: "Calls by outcome: ok, fallback, unavailable, error, canceled, rate_limited.",
 	}, []string{"outcome"})
 	attempts := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: fq("attempts_total"), ConstLabels: labels,

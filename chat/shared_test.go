@@ -46,8 +46,10 @@ func TestSharedTripThroughRedis(t *testing.T) {
 	}
 	upstream := fake.Requests() // 1 + 3
 
-	// b opens without seeing a failure itself, once its cache refreshes.
+	// b opens without seeing a failure itself, once its cache refreshes
+	// (in the background: see TestStaleBreakerStateDoesNotWait).
 	clk.Advance(150 * time.Millisecond)
+	refreshed(t, b)
 	for range 5 {
 		resp, err := b.CreateChatCompletion(ctx, request("b while open"))
 		if err != nil || DegradedReason(resp.Header()) != ReasonBreakerOpen {
@@ -110,6 +112,22 @@ func TestSharedTripThroughRedis(t *testing.T) {
 	resp, err = a.CreateChatCompletion(ctx, request("a after close"))
 	if err != nil || IsDegraded(resp) || a.Stats().Breaker != "closed" {
 		t.Fatalf("a after close: err %v, degraded %v, %+v", err, IsDegraded(resp), a.Stats())
+	}
+}
+
+// refreshed makes c read the shared breaker state now, as a call that
+// finds its cache stale does (in the background), and waits until the
+// read has ended. It fails the test when no read was made (the cache was
+// not stale).
+func refreshed(t *testing.T, c *Client) {
+	t.Helper()
+	now := c.nowMs()
+	c.br.snapshot(context.Background(), now)
+	if done := c.br.refreshed(); done != nil {
+		<-done
+	}
+	if e := c.br.cache.Load(); !e.loaded || e.fetched != now {
+		t.Fatalf("the shared state was not read at %d: cache %+v", now, e)
 	}
 }
 
