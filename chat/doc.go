@@ -320,6 +320,28 @@
 // Header() carries DegradedHeader set to the Reason; IsDegraded and
 // IsDegradedStream test for it.
 //
+// # Failover
+//
+// A Failover (NewFailover) is a Completer over an ordered chain of
+// Members, each usually a *Client with DisableFallback and its own
+// budgets, breaker, base URL, key and Model. A call goes to the first
+// member (or, when Weights are set, to one drawn by weight, then the rest
+// in the chain's order) that is usable: a *Client member whose breaker is
+// open, or whose adaptive pause is longer than FailoverConfig.MaxWait, is
+// skipped without a call. A member that returns an *UnavailableError (or
+// a degraded reply) passes the call to the next; any other answer, error
+// or not, is final, so no request is sent twice except by failover.
+// Streams fail over only before they are returned, that is before their
+// first byte. The answering member is named by the MemberHeader of the
+// response's (or stream's) Header(), read with AnsweredBy. When every
+// member is out, the Failover answers with its own fallback reply
+// (IsDegraded, DegradedReason) or, with DisableFallback, the last
+// member's *UnavailableError. A per-learner quota is spent once: by the
+// first member that reached its upstream. Its metrics are
+// ai_chat_failover_calls_total{member,outcome},
+// ai_chat_failover_failovers_total{from,to} and
+// ai_chat_failover_fallbacks_total.
+//
 // # Tracing
 //
 // When ctx carries a span that is recording (trace.SpanFromContext(ctx)

@@ -463,3 +463,49 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestServiceOverFailover runs turns through a Failover of two Clients:
+// the Response names the member that answered.
+func TestServiceOverFailover(t *testing.T) {
+	h := newHarness(t, harnessOpts{memory: true})
+	secondary := tu.OpenAI(t, tu.OpenAIConfig{})
+	member := func(url string) *chat.Client {
+		c, err := chat.NewClient(chat.NewOpenAI(url, "sk", 4), chat.Config{DisableFallback: true, MaxAttempts: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	f, err := chat.NewFailover([]chat.Member{
+		{Name: "primary", Completer: member(h.fake.URL)},
+		{Name: "secondary", Completer: member(secondary.URL), Model: "small-model"},
+	}, chat.FailoverConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	svc, err := chat.NewService(chat.ServiceConfig{Threads: h.store, Transcripts: h.cache, Completer: f, Model: "gpt-4o-mini"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close(context.Background()) })
+	req := chat.Request{UserID: "ada", CourseID: course, VideoURL: video1, Message: "Hi"}
+	r, err := svc.Ask(context.Background(), req)
+	if err != nil || r.Member != "primary" || r.Degraded {
+		t.Fatalf("healthy primary: member %q degraded %v err %v", r.Member, r.Degraded, err)
+	}
+	h.fake.Always(&tu.FakeStep{Status: http.StatusInternalServerError})
+	r, err = svc.Ask(context.Background(), req)
+	if err != nil || r.Member != "secondary" || r.Degraded || !r.Stored {
+		t.Fatalf("primary down: member %q degraded %v stored %v err %v", r.Member, r.Degraded, r.Stored, err)
+	}
+	if ev := secondary.Events(); len(ev) != 1 || ev[0].Request.Model != "small-model" {
+		t.Errorf("secondary got %d requests, want 1 with its own model small-model", len(ev))
+	}
+	var got strings.Builder
+	r, err = svc.Stream(context.Background(), req, func(d string) error { got.WriteString(d); return nil })
+	if err != nil || r.Member != "secondary" || got.String() != r.Reply {
+		t.Fatalf("stream with primary down: member %q err %v", r.Member, err)
+	}
+}

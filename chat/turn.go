@@ -86,6 +86,9 @@ type Response struct {
 	Stored bool
 	// Usage is what the upstream reported; zero for a fallback reply.
 	Usage Usage
+	// Member is the member of a Failover chain that answered; empty when
+	// the Completer is not a Failover, or for a fallback reply.
+	Member string
 	// PromptTokens is the Service's own count of the prompt it sent.
 	PromptTokens int
 	// HistoryMessages is how many messages of the thread went into the
@@ -379,6 +382,7 @@ func (t *turn) ask(ctx context.Context) error {
 		return t.upstreamError(ctx, err)
 	}
 	t.resp.Reply = resp.Choices[0].Message.Content
+	t.resp.Member = AnsweredBy(resp.Header())
 	if IsDegraded(resp) {
 		t.degrade(DegradedReason(resp.Header()))
 		return nil
@@ -410,6 +414,7 @@ func (t *turn) stream(ctx context.Context, onDelta func(string) error) error {
 	}
 	defer st.Close()
 	degraded := IsDegradedStream(st)
+	t.resp.Member = AnsweredBy(st.Header())
 	var b strings.Builder
 	for {
 		chunk, err := st.Recv()

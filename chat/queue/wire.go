@@ -159,6 +159,7 @@ type wireResponse struct {
 	TranscriptStale   bool          `json:"transcript_stale,omitempty"`
 	TranscriptMissing bool          `json:"transcript_missing,omitempty"`
 	TranscriptCut     bool          `json:"transcript_cut,omitempty"`
+	Member            string        `json:"member,omitempty"`
 }
 
 func toWireResponse(r chat.Response) *wireResponse {
@@ -169,6 +170,7 @@ func toWireResponse(r chat.Response) *wireResponse {
 		PromptTokensUsed: r.Usage.PromptTokens, CachedPrompt: r.Usage.CachedPromptTokens, CompletionTokens: r.Usage.CompletionTokens,
 		PromptTokens: r.PromptTokens, HistoryMessages: r.HistoryMessages,
 		TranscriptStale: r.TranscriptStale, TranscriptMissing: r.TranscriptMissing, TranscriptCut: r.TranscriptCut,
+		Member: r.Member,
 	}
 	if r.TranscriptTier != 0 {
 		w.TranscriptTier = r.TranscriptTier.String()
@@ -184,6 +186,7 @@ func (w *wireResponse) response() chat.Response {
 		Usage:        chat.Usage{PromptTokens: w.PromptTokensUsed, CachedPromptTokens: w.CachedPrompt, CompletionTokens: w.CompletionTokens},
 		PromptTokens: w.PromptTokens, HistoryMessages: w.HistoryMessages,
 		TranscriptStale: w.TranscriptStale, TranscriptMissing: w.TranscriptMissing, TranscriptCut: w.TranscriptCut,
+		Member: w.Member,
 	}
 	for _, t := range [...]contextcache.Tier{contextcache.TierL1, contextcache.TierL2, contextcache.TierSource} {
 		if w.TranscriptTier == t.String() {

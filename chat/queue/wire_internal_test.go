@@ -38,7 +38,7 @@ func TestResponseRoundTrip(t *testing.T) {
 		Degraded: true, Reasons: []chat.Reason{chat.ReasonStaleTranscript, chat.ReasonBreakerOpen}, Stored: true,
 		Usage:        chat.Usage{PromptTokens: 10, CachedPromptTokens: 4, CompletionTokens: 5},
 		PromptTokens: 11, HistoryMessages: 2, TranscriptTier: contextcache.TierL2,
-		TranscriptStale: true, TranscriptMissing: true, TranscriptCut: true,
+		TranscriptStale: true, TranscriptMissing: true, TranscriptCut: true, Member: "secondary",
 	}
 	if z := zeroFields(in); len(z) > 0 {
 		t.Fatalf("the test's Response leaves %v unset", z)
