@@ -382,49 +382,25 @@ func memberCtx(ctx context.Context, err error) context.Context {
 // DegradedHeader holds the last member's Reason) or, with
 // DisableFallback, the last member's *UnavailableError.
 func (f *Failover) CreateChatCompletion(ctx context.Context, req openai.ChatCompletionRequest) (openai.ChatCompletionResponse, error) {
-	start := f.first()
-	var last *UnavailableError
-	var lastErr error
-	prev := -1
-	for i := f.next(start, -1); i >= 0; i = f.next(start, i) {
-		m := &f.members[i]
-		f.moved(prev, i)
-		prev = i
-		if u := f.skip(m, f.cfg.Now()); u != nil {
-			m.count(memberSkipped)
-			last, lastErr = u, u
-			continue
-		}
-		r := req
-		if m.Model != "" {
-			r.Model = m.Model
-		}
+	resp, m, last, _, err := route(f, ctx, req, func(ctx context.Context, m *failoverMember, r openai.ChatCompletionRequest) (openai.ChatCompletionResponse, http.Header, error) {
 		resp, err := m.Completer.CreateChatCompletion(ctx, r)
 		if err == nil && IsDegraded(resp) {
-			last = &UnavailableError{Reason: DegradedReason(resp.Header())}
-			lastErr = last
-			m.count(memberUnavailable)
-			continue
+			return resp, resp.Header(), nil
 		}
-		next, o := judge(ctx, err)
-		m.count(o)
-		if next == attemptFinal {
-			if err != nil {
-				return resp, err
-			}
-			if h := resp.Header(); h != nil {
-				h[MemberHeader] = m.header
-			} else {
-				resp.SetHeader(http.Header{MemberHeader: m.header})
-			}
-			return resp, nil
+		return resp, nil, err
+	})
+	switch {
+	case m != nil && err != nil:
+		return resp, err
+	case m != nil:
+		if h := resp.Header(); h != nil {
+			h[MemberHeader] = m.header
+		} else {
+			resp.SetHeader(http.Header{MemberHeader: m.header})
 		}
-		last, lastErr = asUnavailable(err), err
-		ctx = memberCtx(ctx, err)
-	}
-	f.exhausted()
-	if f.cfg.DisableFallback {
-		return openai.ChatCompletionResponse{}, lastErr
+		return resp, nil
+	case f.cfg.DisableFallback:
+		return openai.ChatCompletionResponse{}, err
 	}
 	return f.fb.fallbackResponse(req, last), nil
 }
@@ -438,9 +414,42 @@ func (f *Failover) CreateChatCompletion(ctx context.Context, req openai.ChatComp
 // (IsDegradedStream reports true) or, with DisableFallback, the last
 // member's *UnavailableError.
 func (f *Failover) CreateChatCompletionStream(ctx context.Context, req openai.ChatCompletionRequest) (*openai.ChatCompletionStream, error) {
+	s, m, last, ctx, err := route(f, ctx, req, func(ctx context.Context, m *failoverMember, r openai.ChatCompletionRequest) (*openai.ChatCompletionStream, http.Header, error) {
+		s, err := m.Completer.CreateChatCompletionStream(ctx, r)
+		if err == nil && IsDegradedStream(s) {
+			_ = s.Close()
+			return nil, s.Header(), nil
+		}
+		return s, nil, err
+	})
+	switch {
+	case m != nil && err != nil:
+		return nil, err
+	case m != nil:
+		if s != nil && s.Header() != nil {
+			s.Header()[MemberHeader] = m.header
+		}
+		return s, nil
+	case f.cfg.DisableFallback:
+		return nil, err
+	}
+	fs, ferr := f.fb.fallbackStream(ctx, req, last)
+	if ferr != nil {
+		return nil, err
+	}
+	return fs, nil
+}
+
+// route sends req, with each member's Model, to the members in order
+// through call, which returns the member's answer, or the header of a
+// degraded reply (nil for any other answer) and its error. A final answer
+// comes back with its member m. When every member is out, m is nil and
+// route returns the last member's error, its *UnavailableError and the
+// ctx for the fallback.
+func route[T any](f *Failover, ctx context.Context, req openai.ChatCompletionRequest,
+	call func(context.Context, *failoverMember, openai.ChatCompletionRequest) (T, http.Header, error),
+) (res T, m *failoverMember, last *UnavailableError, outCtx context.Context, err error) {
 	start := f.first()
-	var last *UnavailableError
-	var lastErr error
 	prev := -1
 	for i := f.next(start, -1); i >= 0; i = f.next(start, i) {
 		m := &f.members[i]
@@ -448,44 +457,31 @@ func (f *Failover) CreateChatCompletionStream(ctx context.Context, req openai.Ch
 		prev = i
 		if u := f.skip(m, f.cfg.Now()); u != nil {
 			m.count(memberSkipped)
-			last, lastErr = u, u
+			last, err = u, u
 			continue
 		}
 		r := req
 		if m.Model != "" {
 			r.Model = m.Model
 		}
-		s, err := m.Completer.CreateChatCompletionStream(ctx, r)
-		if err == nil && IsDegradedStream(s) {
-			last = &UnavailableError{Reason: DegradedReason(s.Header())}
-			lastErr = last
-			_ = s.Close()
+		ans, degraded, cerr := call(ctx, m, r)
+		if degraded != nil {
+			last = &UnavailableError{Reason: DegradedReason(degraded)}
+			err = last
 			m.count(memberUnavailable)
 			continue
 		}
-		next, o := judge(ctx, err)
+		next, o := judge(ctx, cerr)
 		m.count(o)
 		if next == attemptFinal {
-			if err != nil {
-				return nil, err
-			}
-			if s != nil && s.Header() != nil {
-				s.Header()[MemberHeader] = m.header
-			}
-			return s, nil
+			return ans, m, nil, ctx, cerr
 		}
-		last, lastErr = asUnavailable(err), err
-		ctx = memberCtx(ctx, err)
+		last, err = asUnavailable(cerr), cerr
+		ctx = memberCtx(ctx, cerr)
 	}
 	f.exhausted()
-	if f.cfg.DisableFallback {
-		return nil, lastErr
-	}
-	fs, err := f.fb.fallbackStream(ctx, req, last)
-	if err != nil {
-		return nil, lastErr
-	}
-	return fs, nil
+	var zero T
+	return zero, nil, last, ctx, err
 }
 
 // moved counts a failover from member from (-1: the call's first member)
