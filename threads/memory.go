@@ -3,6 +3,7 @@ package threads
 import (
 	"context"
 	"hash/maphash"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,9 +79,9 @@ type memThread struct {
 }
 
 type memMsg struct {
-	content string
-	at      int64 // unix ms
-	role    byte
+	content, id string
+	at          int64 // unix ms
+	role        byte
 }
 
 // NewMemory returns a MemoryStore configured by cfg (see Config for the
@@ -380,7 +381,7 @@ func (t *memThread) history(limit int) []Message {
 	out := make([]Message, 0, len(t.msgs)-from)
 	for _, m := range t.msgs[from:] {
 		r, _ := codeRole(m.role)
-		out = append(out, Message{Role: r, Content: m.content, Time: fromMillis(m.at)})
+		out = append(out, Message{Role: r, Content: m.content, Time: fromMillis(m.at), ID: m.id})
 	}
 	return out
 }
@@ -528,6 +529,7 @@ func (s *MemoryStore) Append(ctx context.Context, threadID string, msgs ...Messa
 		if max >= 0 && len(msgs) > max {
 			msgs = msgs[len(msgs)-max:]
 		}
+		msgs = t.newMessages(msgs)
 		if max >= 0 && len(t.msgs)+len(msgs) > max {
 			drop := len(t.msgs) + len(msgs) - max
 			n := copy(t.msgs, t.msgs[drop:])
@@ -539,9 +541,29 @@ func (s *MemoryStore) Append(ctx context.Context, threadID string, msgs ...Messa
 			if !m.Time.IsZero() {
 				at = m.Time.UnixMilli()
 			}
-			t.msgs = append(t.msgs, memMsg{content: m.Content, at: at, role: roleCode(m.Role)})
+			t.msgs = append(t.msgs, memMsg{content: m.Content, id: m.ID, at: at, role: roleCode(m.Role)})
 		}
 	})
+}
+
+// newMessages returns msgs without those whose ID a kept message of t, or
+// an earlier message of msgs, holds. It returns msgs itself when none has
+// an ID.
+func (t *memThread) newMessages(msgs []Message) []Message {
+	if !slices.ContainsFunc(msgs, func(m Message) bool { return m.ID != "" }) {
+		return msgs
+	}
+	held := func(id string, in []Message) bool {
+		return slices.ContainsFunc(in, func(m Message) bool { return m.ID == id })
+	}
+	out := make([]Message, 0, len(msgs))
+	for _, m := range msgs {
+		if m.ID != "" && (held(m.ID, out) || slices.ContainsFunc(t.msgs, func(k memMsg) bool { return k.id == m.ID })) {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // maxMessages returns the cap on kept messages, or -1 for none.

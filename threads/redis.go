@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/internal/keyspace"
+	"github.com/chatscale/chatscale/internal/rediscall"
 	"github.com/chatscale/chatscale/internal/scripts"
 )
 
@@ -56,15 +58,34 @@ const redisIDLen = 2*digestLen + 1 + randomPartLen
 // server that has not cached it falls back to EVAL, which caches it), which
 // Open and History send in a MULTI/EXEC followed by the LRANGE of the
 // history. Find (Finder) takes one round trip too, a plain HMGET.
-// ForgetUser takes two or more round trips and Active one pipeline. See
-// the package documentation for the key layout.
+// ForgetUser takes two or more round trips and Active one pipeline. With
+// Config.WaitReplicas, the WAIT of Append, TrackVideo and Delete rides in
+// their round trip; ForgetUser sends one more. Every Redis call is bounded
+// by Config.RedisTimeout. See the package documentation for the key
+// layout, the refresh of TTLs and indexes, and failovers.
 //
 // A RedisStore holds no state besides its configuration: it is safe for
 // concurrent use, has no goroutines and needs no Close.
 type RedisStore struct {
-	rdb    redis.UniversalClient
-	cfg    Config
-	prefix string // cfg.Prefix + "threads:"
+	rdb     redis.UniversalClient
+	cfg     Config
+	prefix  string // cfg.Prefix + "threads:"
+	bound   rediscall.Bound
+	refresh string // refresh interval of the scripts, ms
+}
+
+// maxRefreshInterval bounds the refresh interval of the Redis store's
+// writes (see the package documentation, "Time and TTL").
+const maxRefreshInterval = 30 * time.Second
+
+// refreshInterval returns how long after a thread's last refresh a write
+// refreshes it again: 1/64 of the TTL, at least 1 ms and at most
+// maxRefreshInterval.
+func refreshInterval(cfg *Config) time.Duration {
+	if !cfg.expires() {
+		return maxRefreshInterval
+	}
+	return min(max(cfg.TTL/64, time.Millisecond), maxRefreshInterval)
 }
 
 var (
@@ -87,7 +108,18 @@ func NewRedis(rdb redis.UniversalClient, cfg Config) (*RedisStore, error) {
 	if cfg.Shards < 0 {
 		return nil, &chatscale.ConfigError{Package: "threads", Field: "Config.Shards", Reason: "negative"}
 	}
-	return &RedisStore{rdb: rdb, cfg: cfg, prefix: cfg.Prefix + "threads:"}, nil
+	bound := rediscall.New(cfg.RedisTimeout)
+	if cfg.WaitTimeout < 0 {
+		return nil, &chatscale.ConfigError{Package: "threads", Field: "Config.WaitTimeout", Reason: "negative"}
+	}
+	if b := bound.Timeout(); cfg.WaitReplicas > 0 && b > 0 && cfg.WaitTimeout >= b {
+		return nil, &chatscale.ConfigError{Package: "threads", Field: "Config.WaitTimeout",
+			Reason: "not shorter than Config.RedisTimeout (" + b.String() + ")"}
+	}
+	return &RedisStore{
+		rdb: rdb, cfg: cfg, prefix: cfg.Prefix + "threads:", bound: bound,
+		refresh: strconv.FormatInt(refreshInterval(&cfg).Milliseconds(), 10),
+	}, nil
 }
 
 // LoadScripts loads the store's Lua scripts into the script cache of every
@@ -98,7 +130,10 @@ func NewRedis(rdb redis.UniversalClient, cfg Config) (*RedisStore, error) {
 // after a restart or a failover too. It returns the first error Redis
 // answers.
 func (s *RedisStore) LoadScripts(ctx context.Context) error {
-	if err := scripts.Load(ctx, s.rdb, openScript, appendScript, readScript, deleteScript, forgetScript); err != nil {
+	_, err := rediscall.Do(ctx, s.bound, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, scripts.Load(ctx, s.rdb, openScript, appendScript, readScript, deleteScript, forgetScript)
+	})
+	if err != nil {
 		return wrap(ctx, "loading scripts", err)
 	}
 	return nil
@@ -182,31 +217,76 @@ func historyStart(limit int) (start int64, ok bool) {
 	return -int64(limit), true
 }
 
+// encodeMessage encodes a message for the list:
+// "<role><unix ms>:<content>", or "<role><unix ms>|<ID length>|<ID>:<content>"
+// for a message with an ID.
 func encodeMessage(m Message, now int64) string {
 	at := now
 	if !m.Time.IsZero() {
 		at = m.Time.UnixMilli()
 	}
 	var b strings.Builder
-	b.Grow(len(m.Content) + 22)
+	b.Grow(len(m.Content) + len(m.ID) + 26)
 	b.WriteByte(roleCode(m.Role))
 	b.WriteString(strconv.FormatInt(at, 10))
+	if m.ID != "" {
+		b.WriteByte('|')
+		b.WriteString(strconv.Itoa(len(m.ID)))
+		b.WriteByte('|')
+		b.WriteString(m.ID)
+	}
 	b.WriteByte(':')
 	b.WriteString(m.Content)
 	return b.String()
 }
 
+var errMalformed = errors.New("threads: malformed message in Redis")
+
 func decodeMessage(s string) (Message, error) {
-	colon := strings.IndexByte(s, ':')
-	if colon < 2 {
-		return Message{}, errors.New("threads: malformed message in Redis")
+	end := strings.IndexAny(s, ":|")
+	if end < 2 {
+		return Message{}, errMalformed
 	}
 	r, ok := codeRole(s[0])
-	at, err := strconv.ParseInt(s[1:colon], 10, 64)
+	at, err := strconv.ParseInt(s[1:end], 10, 64)
 	if !ok || err != nil {
-		return Message{}, errors.New("threads: malformed message in Redis")
+		return Message{}, errMalformed
 	}
-	return Message{Role: r, Content: s[colon+1:], Time: fromMillis(at)}, nil
+	id := ""
+	if s[end] == '|' {
+		rest := s[end+1:]
+		bar := strings.IndexByte(rest, '|')
+		if bar < 1 {
+			return Message{}, errMalformed
+		}
+		n, err := strconv.Atoi(rest[:bar])
+		if err != nil || n < 1 || len(rest) < bar+1+n+1 || rest[bar+1+n] != ':' {
+			return Message{}, errMalformed
+		}
+		id = rest[bar+1 : bar+1+n]
+		end += 1 + bar + 1 + n
+	}
+	return Message{Role: r, Content: s[end+1:], Time: fromMillis(at), ID: id}, nil
+}
+
+// idTokenLen is the length of a message ID's token in the thread hash's
+// field 'k' (see append.lua); noIDToken stands for a message without ID.
+const (
+	idTokenLen = 6
+	noIDToken  = "\x00\x00\x00\x00\x00\x00"
+)
+
+// idToken returns the token of a message ID: the first 6 bytes of SHA-256
+// over a domain byte and the ID. Two distinct IDs of one thread share a
+// token with a probability of 2^-48 per pair: with 50 kept messages and
+// two new ones, about 4e-13 per Append that a new message is taken for a
+// retry.
+func idToken(id string) string {
+	h := sha256.New()
+	h.Write([]byte{'i'})
+	h.Write([]byte(id))
+	var sum [sha256.Size]byte
+	return string(h.Sum(sum[:0])[:idTokenLen])
 }
 
 func decodeMessages(vals []string) ([]Message, error) {
@@ -229,6 +309,18 @@ func decodeMessages(vals []string) ([]Message, error) {
 // EVALSHA and falls back to EVAL when the server lacks the script. The
 // script's error reply, if any, is returned as the error.
 func (s *RedisStore) runWithHistory(ctx context.Context, script *redis.Script, keys []string, args []any, list string, limit int) ([]any, []string, error) {
+	type reply struct {
+		res  []any
+		hist []string
+	}
+	r, err := rediscall.Do(ctx, s.bound, func(ctx context.Context) (reply, error) {
+		res, hist, err := s.runWithHistoryOnce(ctx, script, keys, args, list, limit)
+		return reply{res, hist}, err
+	})
+	return r.res, r.hist, err
+}
+
+func (s *RedisStore) runWithHistoryOnce(ctx context.Context, script *redis.Script, keys []string, args []any, list string, limit int) ([]any, []string, error) {
 	start, ok := historyStart(limit)
 	if !ok {
 		res, err := script.Run(ctx, s.rdb, keys, args...).Slice()
@@ -264,11 +356,15 @@ func str(v any) string   { s, _ := v.(string); return s }
 func num(v any) int64    { n, _ := v.(int64); return n }
 func millis(v any) int64 { n, _ := strconv.ParseInt(str(v), 10, 64); return n }
 
-// wrap describes a failed Redis call: ctx's error when ctx ended, an error
+// wrap describes a failed Redis call: a *ReplicationError as it is, ctx's
+// error when ctx ended, an error
 // wrapping ErrUnavailable when Redis did not answer (see isUnavailable),
 // else the error Redis answered (a script's error reply).
 func wrap(ctx context.Context, op string, err error) error {
+	var re *ReplicationError
 	switch {
+	case errors.As(err, &re):
+		return err
 	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
 		return fmt.Errorf("threads: %s: %w", op, err)
 	case isUnavailable(err):
@@ -279,8 +375,10 @@ func wrap(ctx context.Context, op string, err error) error {
 
 // unavailableReplies are the error replies of a server that cannot serve
 // now but may soon: loading its data, a replica, a master without its
-// replicas, a cluster without quorum, a resharding, a busy script.
-var unavailableReplies = []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY"}
+// replicas, a cluster without quorum, a resharding, a busy script, a slot
+// that moved (the node of a write sent with WaitReplicas on a Cluster is
+// looked up by the client, which reloads its map when told it moved).
+var unavailableReplies = []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "MOVED", "ASK"}
 
 // isUnavailable reports whether err means Redis did not answer the call:
 // any error that is not a reply of the server, or a reply saying it cannot
@@ -322,7 +420,7 @@ func (s *RedisStore) open(ctx context.Context, req OpenRequest, op string) (Sess
 	k := s.keys(digest('u', req.UserID), digest('c', req.CourseID))
 	now := s.cfg.Now().UnixMilli()
 	res, raw, err := s.runWithHistory(ctx, openScript, k.all(),
-		[]any{req.UserID, req.CourseID, k.uh + k.ch, randomPart(), now, s.ttlArg(), req.VideoURL},
+		[]any{req.UserID, req.CourseID, k.uh + k.ch, randomPart(), now, s.ttlArg(), req.VideoURL, s.refresh},
 		k.msgs, req.HistoryLimit)
 	if err != nil {
 		return Session{}, wrap(ctx, op, err)
@@ -397,7 +495,9 @@ func (s *RedisStore) Find(ctx context.Context, userID, courseID string) (Thread,
 		return Thread{}, err
 	}
 	k := s.keys(digest('u', userID), digest('c', courseID))
-	res, err := s.rdb.HMGet(ctx, k.thread, "id", "u", "c", "v", "ca", "ua").Result()
+	res, err := rediscall.Do(ctx, s.bound, func(ctx context.Context) ([]any, error) {
+		return s.rdb.HMGet(ctx, k.thread, "id", "u", "c", "v", "ca", "ua").Result()
+	})
 	if err != nil {
 		return Thread{}, wrap(ctx, "find", err)
 	}
@@ -433,14 +533,15 @@ func (s *RedisStore) History(ctx context.Context, threadID string, limit int) ([
 	return h, err
 }
 
-// write runs append.lua for Append and TrackVideo.
-func (s *RedisStore) write(ctx context.Context, op, id, video string, msgs []Message) (bool, error) {
+// write runs append.lua for Append and TrackVideo and returns whether the
+// video switched and how many messages were stored.
+func (s *RedisStore) write(ctx context.Context, op, id, video string, msgs []Message) (bool, int, error) {
 	if err := checkID("ThreadID", id); err != nil {
-		return false, err
+		return false, 0, err
 	}
 	k, rnd, ok := s.parseID(id)
 	if !ok {
-		return false, ErrNotFound
+		return false, 0, ErrNotFound
 	}
 	now := s.cfg.Now().UnixMilli()
 	keep := ""
@@ -450,19 +551,162 @@ func (s *RedisStore) write(ctx context.Context, op, id, video string, msgs []Mes
 			msgs = msgs[len(msgs)-s.cfg.MaxMessages:]
 		}
 	}
-	args := make([]any, 0, 6+len(msgs))
-	args = append(args, rnd, k.uh+k.ch, now, s.ttlArg(), keep, video)
+	toks := ""
+	if slices.ContainsFunc(msgs, func(m Message) bool { return m.ID != "" }) {
+		msgs = dedupeIDs(msgs)
+		var b strings.Builder
+		b.Grow(idTokenLen * len(msgs))
+		for _, m := range msgs {
+			if m.ID == "" {
+				b.WriteString(noIDToken)
+			} else {
+				b.WriteString(idToken(m.ID))
+			}
+		}
+		toks = b.String()
+	}
+	args := make([]any, 0, 8+len(msgs))
+	args = append(args, rnd, k.uh+k.ch, now, s.ttlArg(), keep, video, s.refresh, toks)
 	for _, m := range msgs {
 		args = append(args, encodeMessage(m, now))
 	}
-	res, err := appendScript.Run(ctx, s.rdb, k.all(), args...).Slice()
+	v, err := s.runWrite(ctx, op, appendScript, k.all(), args)
 	if errors.Is(err, redis.Nil) {
-		return false, ErrNotFound
+		return false, 0, ErrNotFound
+	}
+	res, _ := v.([]any)
+	switched, stored := len(res) > 0 && num(res[0]) == 1, 0
+	if len(res) > 1 {
+		stored = int(num(res[1]))
 	}
 	if err != nil {
-		return false, wrap(ctx, op, err)
+		return switched, stored, wrap(ctx, op, err)
 	}
-	return len(res) > 0 && num(res[0]) == 1, nil
+	return switched, stored, nil
+}
+
+// dedupeIDs returns msgs without the messages whose ID an earlier message
+// of msgs holds (a copy when there are any).
+func dedupeIDs(msgs []Message) []Message {
+	seen := make(map[string]bool, len(msgs))
+	var out []Message
+	for i, m := range msgs {
+		if m.ID != "" && seen[m.ID] {
+			if out == nil {
+				out = append(make([]Message, 0, len(msgs)), msgs[:i]...)
+			}
+			continue
+		}
+		if m.ID != "" {
+			seen[m.ID] = true
+		}
+		if out != nil {
+			out = append(out, m)
+		}
+	}
+	if out == nil {
+		return msgs
+	}
+	return out
+}
+
+// runWrite runs script, and with Config.WaitReplicas a WAIT right after it
+// in the same pipeline, on the connection to the master of keys[0]. It
+// returns the script's reply (redis.Nil for a nil one), and a
+// *ReplicationError with it when fewer replicas than WaitReplicas
+// confirmed.
+func (s *RedisStore) runWrite(ctx context.Context, op string, script *redis.Script, keys []string, args []any) (any, error) {
+	return rediscall.Do(ctx, s.bound, func(ctx context.Context) (any, error) {
+		if s.cfg.WaitReplicas <= 0 {
+			return script.Run(ctx, s.rdb, keys, args...).Result()
+		}
+		c, err := s.master(ctx, keys[0])
+		if err != nil {
+			return nil, err
+		}
+		var run, wait *redis.Cmd
+		pipe := func(eval func(p redis.Pipeliner) *redis.Cmd) {
+			_, _ = c.Pipelined(ctx, func(p redis.Pipeliner) error {
+				run = eval(p)
+				wait = p.Do(ctx, s.waitArgs()...)
+				return nil
+			})
+		}
+		pipe(func(p redis.Pipeliner) *redis.Cmd { return script.EvalSha(ctx, p, keys, args...) })
+		if redis.HasErrorPrefix(run.Err(), "NOSCRIPT") {
+			pipe(func(p redis.Pipeliner) *redis.Cmd { return script.Eval(ctx, p, keys, args...) })
+		}
+		v, err := run.Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK") {
+				s.reloadSlots(ctx)
+			}
+			return v, err
+		}
+		if werr := wait.Err(); werr != nil {
+			return v, werr
+		}
+		if err != nil {
+			return v, err // redis.Nil: the thread does not exist
+		}
+		if got, _ := wait.Int(); got < s.cfg.WaitReplicas {
+			return v, &ReplicationError{Op: op, Want: s.cfg.WaitReplicas, Got: got}
+		}
+		return v, nil
+	})
+}
+
+// master returns the client of the server that owns key: the client itself
+// for one server or Sentinel, the node of the key's slot on a Cluster, the
+// shard of the key on a Ring.
+func (s *RedisStore) master(ctx context.Context, key string) (serverClient, error) {
+	switch c := s.rdb.(type) {
+	case *redis.ClusterClient:
+		return c.MasterForKey(ctx, key)
+	case *redis.Ring:
+		return c.GetShardClientForKey(key)
+	}
+	return s.rdb, nil
+}
+
+// serverClient is what runWrite needs of the client of one server.
+type serverClient interface {
+	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
+	Do(ctx context.Context, args ...any) *redis.Cmd
+}
+
+// waitArgs returns the WAIT command of Config.WaitReplicas and
+// Config.WaitTimeout (whole milliseconds, at least 1: WAIT's 0 would wait
+// for ever).
+func (s *RedisStore) waitArgs() []any {
+	return []any{"wait", s.cfg.WaitReplicas, max(s.cfg.WaitTimeout.Milliseconds(), 1)}
+}
+
+// reloadSlots makes a Cluster client reload its slot map after a node
+// answered that a slot moved.
+func (s *RedisStore) reloadSlots(ctx context.Context) {
+	if c, ok := s.rdb.(*redis.ClusterClient); ok {
+		c.ReloadState(ctx)
+	}
+}
+
+// waitReplicas sends a WAIT to the master of key and returns a
+// *ReplicationError when fewer than WaitReplicas replicas confirm.
+func (s *RedisStore) waitReplicas(ctx context.Context, op, key string) error {
+	got, err := rediscall.Do(ctx, s.bound, func(ctx context.Context) (int64, error) {
+		c, err := s.master(ctx, key)
+		if err != nil {
+			return 0, err
+		}
+		return c.Do(ctx, s.waitArgs()...).Int64()
+	})
+	if err != nil {
+		return wrap(ctx, op, err)
+	}
+	if int(got) < s.cfg.WaitReplicas {
+		return &ReplicationError{Op: op, Want: s.cfg.WaitReplicas, Got: int(got)}
+	}
+	return nil
 }
 
 // TrackVideo implements Store: one round trip.
@@ -470,7 +714,8 @@ func (s *RedisStore) TrackVideo(ctx context.Context, threadID, videoURL string) 
 	if err := checkVideo(videoURL, true); err != nil {
 		return false, err
 	}
-	return s.write(ctx, "track video", threadID, videoURL, nil)
+	switched, _, err := s.write(ctx, "track video", threadID, videoURL, nil)
+	return switched, err
 }
 
 // Append implements Store: one round trip, which also trims the history
@@ -479,7 +724,7 @@ func (s *RedisStore) Append(ctx context.Context, threadID string, msgs ...Messag
 	if err := checkMessages(msgs); err != nil {
 		return err
 	}
-	_, err := s.write(ctx, "append", threadID, "", msgs)
+	_, _, err := s.write(ctx, "append", threadID, "", msgs)
 	return err
 }
 
@@ -492,12 +737,12 @@ func (s *RedisStore) Delete(ctx context.Context, threadID string) error {
 	if !ok {
 		return ErrNotFound
 	}
-	n, err := deleteScript.Run(ctx, s.rdb, k.all(), rnd, k.ch, k.uh+k.ch).Int()
+	v, err := s.runWrite(ctx, "delete", deleteScript, k.all(), []any{rnd, k.ch, k.uh + k.ch})
+	if n, _ := v.(int64); n == 0 && (err == nil || errors.Is(err, ErrNotReplicated)) {
+		return ErrNotFound
+	}
 	if err != nil {
 		return wrap(ctx, "delete", err)
-	}
-	if n == 0 {
-		return ErrNotFound
 	}
 	return nil
 }
@@ -522,7 +767,9 @@ func (s *RedisStore) ForgetUser(ctx context.Context, userID string) (int, error)
 	foreign := map[string]bool{}
 	total := 0
 	for range forgetPasses {
-		members, err := s.rdb.SMembers(ctx, base.user).Result()
+		members, err := rediscall.Do(ctx, s.bound, func(ctx context.Context) ([]string, error) {
+			return s.rdb.SMembers(ctx, base.user).Result()
+		})
 		if err != nil {
 			return total, wrap(ctx, "forget user", err)
 		}
@@ -533,6 +780,9 @@ func (s *RedisStore) ForgetUser(ctx context.Context, userID string) (int, error)
 			}
 		}
 		if len(todo) == 0 {
+			if total > 0 && s.cfg.WaitReplicas > 0 {
+				return total, s.waitReplicas(ctx, "forget user", base.user)
+			}
 			return total, nil
 		}
 		for len(todo) > 0 {
@@ -547,7 +797,9 @@ func (s *RedisStore) ForgetUser(ctx context.Context, userID string) (int, error)
 				keys = append(keys, k.thread, k.msgs)
 				args = append(args, ch)
 			}
-			res, err := forgetScript.Run(ctx, s.rdb, keys, args...).Slice()
+			res, err := rediscall.Do(ctx, s.bound, func(ctx context.Context) ([]any, error) {
+				return forgetScript.Run(ctx, s.rdb, keys, args...).Slice()
+			})
 			if err != nil {
 				return total, wrap(ctx, "forget user", err)
 			}
@@ -570,17 +822,23 @@ func (s *RedisStore) Active(ctx context.Context, within time.Duration) (int, err
 	}
 	now := s.cfg.Now().UnixMilli()
 	from := strconv.FormatInt(activeCutoff(&s.cfg, now, within), 10)
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.IntCmd, Buckets)
-	for b := range cmds {
-		cmds[b] = pipe.ZCount(ctx, s.activeKey(b), from, "+inf")
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	n, err := rediscall.Do(ctx, s.bound, func(ctx context.Context) (int, error) {
+		pipe := s.rdb.Pipeline()
+		cmds := make([]*redis.IntCmd, Buckets)
+		for b := range cmds {
+			cmds[b] = pipe.ZCount(ctx, s.activeKey(b), from, "+inf")
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return 0, err
+		}
+		n := 0
+		for _, c := range cmds {
+			n += int(c.Val())
+		}
+		return n, nil
+	})
+	if err != nil {
 		return 0, wrap(ctx, "active", err)
-	}
-	n := 0
-	for _, c := range cmds {
-		n += int(c.Val())
 	}
 	return n, nil
 }

@@ -21,6 +21,8 @@ const (
 	MaxVideoURLBytes = 2048
 	// MaxContentBytes bounds the content of one message, in bytes.
 	MaxContentBytes = 1 << 20
+	// MaxMessageIDBytes bounds Message.ID, in bytes.
+	MaxMessageIDBytes = 128
 )
 
 // Defaults used when a Config field is zero.
@@ -38,6 +40,8 @@ const (
 	DefaultShards = 32
 	// DefaultSweepInterval is the default Config.SweepInterval.
 	DefaultSweepInterval = time.Minute
+	// DefaultWaitTimeout is the default Config.WaitTimeout.
+	DefaultWaitTimeout = 100 * time.Millisecond
 )
 
 // ErrNotFound is returned for a thread that does not exist, was deleted or
@@ -51,6 +55,34 @@ var ErrNotFound = errors.New("threads: thread not found")
 // failed this way was applied is unknown. A ctx that ended is returned as
 // ctx's error instead.
 var ErrUnavailable = errors.New("threads: store unavailable")
+
+// ErrNotReplicated is matched (errors.Is) by the *ReplicationError a
+// RedisStore write returns when Config.WaitReplicas is set and fewer
+// replicas confirmed the write in time.
+var ErrNotReplicated = errors.New("threads: write not confirmed by enough replicas")
+
+// ReplicationError is returned by a RedisStore write (Append, TrackVideo,
+// Delete, ForgetUser) when Config.WaitReplicas is positive and fewer than
+// Want replicas confirmed it within Config.WaitTimeout. The write was
+// applied on the master: it is there for every later read as long as that
+// master serves, and it may or may not survive a failover (it does when
+// the replica that gets promoted is one of the Got that confirmed it, or
+// received it since). A caller that must not lose it retries the call:
+// with Message.ID set, a retried Append stores each message once.
+type ReplicationError struct {
+	// Op is the store method: "append", "track video", "delete", "forget user".
+	Op string
+	// Want is Config.WaitReplicas; Got is how many replicas confirmed.
+	Want, Got int
+}
+
+func (e *ReplicationError) Error() string {
+	return "threads: " + e.Op + ": applied on the master but confirmed by " + strconv.Itoa(e.Got) +
+		" of " + strconv.Itoa(e.Want) + " replicas in time: it may or may not survive a failover"
+}
+
+// Is reports whether target is ErrNotReplicated.
+func (e *ReplicationError) Is(target error) bool { return target == ErrNotReplicated }
 
 // ErrClosed is returned by a MemoryStore after Close.
 var ErrClosed = errors.New("threads: store closed")
@@ -87,6 +119,15 @@ type Message struct {
 	// replaced by the store's clock. Stores keep millisecond precision and
 	// return times in UTC.
 	Time time.Time
+	// ID, optional, makes Append idempotent: a message whose ID is already
+	// held by one of the thread's kept messages (the newest
+	// Config.MaxMessages), or by an earlier message of the same Append, is
+	// not stored again, so an Append retried after an error or a timeout
+	// never stores a turn twice. Empty means no ID: the message is always
+	// stored. At most MaxMessageIDBytes bytes of valid UTF-8; unique within
+	// a thread (the turn pipeline derives one per turn and role). History
+	// and Open return it.
+	ID string
 }
 
 // Thread is the record of one conversation: one per (user, course) pair.
@@ -166,6 +207,10 @@ type Store interface {
 	TrackVideo(ctx context.Context, threadID, videoURL string) (switched bool, err error)
 	// Append adds msgs to the end of the history and keeps only the newest
 	// Config.MaxMessages. Messages with a zero Time get the store's clock.
+	// A message whose ID (Message.ID, when not empty) is already held by a
+	// kept message of the thread, or by an earlier message of msgs, is
+	// skipped, so retrying an Append stores each message once; a call
+	// whose messages were all skipped still succeeds and counts as a write.
 	Append(ctx context.Context, threadID string, msgs ...Message) error
 	// History returns the newest messages, oldest first: limit > 0 returns
 	// at most limit, zero every kept message, negative none.
@@ -206,7 +251,9 @@ type Finder interface {
 type Config struct {
 	// TTL is how long a thread lives after its last write; every write
 	// slides it. Zero means DefaultTTL (7 days); negative means threads
-	// never expire. Precision is one millisecond.
+	// never expire. Precision is one millisecond for the memory store; the
+	// Redis store slides it at most once per TTL/64 (at most 30 s), so its
+	// threads expire up to that much early (see the package documentation).
 	TTL time.Duration
 	// MaxMessages is how many messages a thread keeps; Append drops the
 	// oldest beyond it. Zero means DefaultMaxMessages (50); negative keeps
@@ -225,7 +272,7 @@ type Config struct {
 	// (50,000); negative means unbounded. The Redis store ignores it.
 	//
 	// An idle thread takes about 280 bytes of heap; each kept message adds
-	// its content plus about 46 bytes. 50,000 threads thus hold about 14 MB
+	// its content and ID plus about 62 bytes. 50,000 threads thus hold about 14 MB
 	// when idle, about 300 MB at 10 messages of 500 bytes each, and at most
 	// about 1.4 GB when every thread holds 50 such messages (the default
 	// MaxMessages). Lower MaxThreads or MaxMessages on smaller machines.
@@ -239,6 +286,31 @@ type Config struct {
 	// disables the sweeper (expired threads are still removed when touched
 	// or when room is needed). The Redis store ignores it.
 	SweepInterval time.Duration
+
+	// RedisTimeout bounds each Redis call of the Redis store: a call Redis has not answered by then returns an
+	// error wrapping ErrUnavailable, even when the go-redis client's own
+	// timeouts are longer and its ContextTimeoutEnabled is off. A ctx that
+	// ends first is returned as ctx's error. Zero means 1 s; negative means
+	// no bound of the store's own (the ctx and the client's timeouts
+	// decide). The memory store ignores it.
+	RedisTimeout time.Duration
+	// WaitReplicas, when positive, makes each write of the Redis store that
+	// carries data (Append, TrackVideo, Delete, ForgetUser) wait until that
+	// many replicas of the master confirm it (Redis' WAIT, sent right after
+	// the write on the same connection, in the same round trip), and
+	// return a *ReplicationError (ErrNotReplicated) when fewer do within
+	// WaitTimeout. Open and GetOrCreate do not wait. Zero or negative: no
+	// waiting; Redis replicates asynchronously and a failover can lose the
+	// writes acknowledged just before it (see the package documentation).
+	// The memory store ignores it.
+	WaitReplicas int
+	// WaitTimeout bounds the wait for WaitReplicas (Redis' WAIT timeout,
+	// in whole milliseconds, at least 1): zero means DefaultWaitTimeout
+	// (100 ms). It must be shorter than a positive RedisTimeout, whose
+	// bound would otherwise end the call first; negative, or not shorter
+	// than RedisTimeout, is a *chatscale.ConfigError. The memory store
+	// ignores it.
+	WaitTimeout time.Duration
 }
 
 // withDefaults returns c with zero fields replaced by their defaults. The
@@ -266,6 +338,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SweepInterval == 0 {
 		c.SweepInterval = DefaultSweepInterval
+	}
+	if c.WaitTimeout == 0 {
+		c.WaitTimeout = DefaultWaitTimeout
 	}
 	return c
 }
@@ -308,6 +383,10 @@ func checkMessages(msgs []Message) error {
 			return invalid(field+".Content", "longer than "+strconv.Itoa(MaxContentBytes)+" bytes")
 		case !utf8.ValidString(m.Content):
 			return invalid(field+".Content", "not valid UTF-8")
+		case len(m.ID) > MaxMessageIDBytes:
+			return invalid(field+".ID", "longer than "+strconv.Itoa(MaxMessageIDBytes)+" bytes")
+		case !utf8.ValidString(m.ID):
+			return invalid(field+".ID", "not valid UTF-8")
 		}
 	}
 	return nil

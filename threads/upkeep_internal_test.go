@@ -100,9 +100,11 @@ func TestRedisActivityIsPrunedWhenTheSetGrows(t *testing.T) {
 	}
 }
 
-// TestRedisWritesRestoreAMissingUserSet checks that a write that finds the
-// user's set gone (it is written only when a thread is created) lists the
-// thread again, so that ForgetUser still finds it.
+// TestRedisWritesRestoreAMissingUserSet checks that a write that refreshes
+// the thread (made once the refresh interval has passed since the last
+// refresh) and finds the user's set gone (it is written only when a
+// thread is created) lists the thread again, so that ForgetUser still
+// finds it.
 func TestRedisWritesRestoreAMissingUserSet(t *testing.T) {
 	const ttl = time.Hour
 	writes := map[string]func(ctx context.Context, st *RedisStore, th Thread) error{
@@ -126,7 +128,8 @@ func TestRedisWritesRestoreAMissingUserSet(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
 			env := testutil.Redis(t)
-			st, err := NewRedis(env.Client, Config{Prefix: env.Prefix, TTL: ttl})
+			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			st, err := NewRedis(env.Client, Config{Prefix: env.Prefix, TTL: ttl, Now: func() time.Time { return now }})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -138,6 +141,7 @@ func TestRedisWritesRestoreAMissingUserSet(t *testing.T) {
 			if err := env.Client.Del(ctx, k.user).Err(); err != nil {
 				t.Fatal(err)
 			}
+			now = now.Add(refreshInterval(&st.cfg))
 			if err := write(ctx, st, th); err != nil {
 				t.Fatalf("%s: %v", name, err)
 			}

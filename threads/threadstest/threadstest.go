@@ -15,7 +15,9 @@
 //	}
 //
 // The suite checks the semantics documented on threads.Store: get-or-create,
-// video tracking, history order and trimming, deletion, ForgetUser, key
+// video tracking, history order and trimming, idempotent appends (a
+// retried Append with the same message IDs stores one copy, also after
+// other appends and from concurrent retries), deletion, ForgetUser, key
 // collisions between odd IDs, bad input, not-found, TTL expiry and sliding,
 // every write keeping its thread counted by Active and erasable by
 // ForgetUser for as long as it lives, the active count, concurrency (one
@@ -98,6 +100,8 @@ func Run(t *testing.T, newHarness NewHarness) {
 		{"OpenFirstVideo", s.testOpenFirstVideo},
 		{"AppendHistory", s.testAppendHistory},
 		{"MessageTimes", s.testMessageTimes},
+		{"IdempotentAppend", s.testIdempotentAppend},
+		{"ConcurrentRetries", s.testConcurrentRetries},
 		{"Trim", s.testTrim},
 		{"KeepAll", s.testKeepAll},
 		{"Delete", s.testDelete},
@@ -466,6 +470,88 @@ func (s suite) testMessageTimes(t *testing.T) {
 	if !got.CreatedAt.Equal(th.CreatedAt) {
 		t.Fatalf("CreatedAt changed from %v to %v", th.CreatedAt, got.CreatedAt)
 	}
+}
+
+// testIdempotentAppend checks that a message whose ID a kept message holds
+// is not stored again: a retried Append stores one copy, also when another
+// Append came in between, and History returns the IDs.
+func (s suite) testIdempotentAppend(t *testing.T) {
+	e := s.env(t, threads.Config{MaxMessages: 4})
+	id := e.thread("u", "c").ID
+	q := threads.Message{Role: threads.RoleUser, Content: "question", ID: "turn-1/q"}
+	a := threads.Message{Role: threads.RoleAssistant, Content: "answer", ID: "turn-1/a"}
+	e.append(id, q, a)
+	e.append(id, q, a) // the retry of a call that seemed to fail
+	h := e.history(id, 0)
+	wantContents(t, "History after a retried Append", h, "question", "answer")
+	if h[0].ID != q.ID || h[1].ID != a.ID {
+		t.Fatalf("History IDs = %q, %q; want %q, %q", h[0].ID, h[1].ID, q.ID, a.ID)
+	}
+	// Another turn, then a late retry of the first: still one copy.
+	e.append(id, threads.Message{Role: threads.RoleUser, Content: "next", ID: "turn-2/q"})
+	e.append(id, q, a)
+	wantContents(t, "History after a late retry", e.history(id, 0), "question", "answer", "next")
+	// A retry that also carries a new message stores the new one only;
+	// an ID repeated within one call is stored once; messages without ID
+	// are always stored.
+	e.append(id, threads.Message{Role: threads.RoleUser, Content: "next", ID: "turn-2/q"},
+		threads.Message{Role: threads.RoleAssistant, Content: "reply", ID: "turn-2/a"},
+		threads.Message{Role: threads.RoleAssistant, Content: "reply again", ID: "turn-2/a"})
+	wantContents(t, "History after a partial retry", e.history(id, 0), "question", "answer", "next", "reply")
+	e.append(id, user("plain"), user("plain"))
+	wantContents(t, "History after messages without ID", e.history(id, 0), "next", "reply", "plain", "plain")
+	// IDs live with the kept messages: once its message is trimmed away, an
+	// ID is new again.
+	e.append(id, q)
+	wantContents(t, "History after the ID's message was trimmed", e.history(id, 0), "reply", "plain", "plain", "question")
+	// An ID held by another thread is no concern of this one.
+	other := e.thread("u", "other").ID
+	e.append(other, a)
+	wantContents(t, "History of another thread", e.history(other, 0), "answer")
+	// Bad IDs.
+	for _, bad := range []string{strings.Repeat("x", threads.MaxMessageIDBytes+1), "\xff"} {
+		err := e.Store.Append(ctx, id, user("ok"), threads.Message{Role: threads.RoleUser, Content: "x", ID: bad})
+		var ie *chatscale.InputError
+		if !errors.As(err, &ie) || ie.Field != "Messages[1].ID" {
+			t.Fatalf("Append with ID %q: err = %v; want a *chatscale.InputError for Messages[1].ID", bad, err)
+		}
+	}
+	long := strings.Repeat("é", threads.MaxMessageIDBytes/2)
+	e.append(id, threads.Message{Role: threads.RoleUser, Content: "long id", ID: long})
+	if h := e.history(id, 1); len(h) != 1 || h[0].ID != long {
+		t.Fatalf("History of a message with a %d-byte ID = %+v", len(long), h)
+	}
+}
+
+// testConcurrentRetries checks that concurrent retries of one Append, from
+// several peers, store one copy.
+func (s suite) testConcurrentRetries(t *testing.T) {
+	e := s.env(t, threads.Config{})
+	id := e.thread("u", "c").ID
+	const tries = 16
+	var wg sync.WaitGroup
+	errs := make(chan error, tries)
+	start := make(chan struct{})
+	for i := range tries {
+		st := e.peer(i % 4)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs <- st.Append(ctx, id,
+				threads.Message{Role: threads.RoleUser, Content: "q", ID: "t1-q"},
+				threads.Message{Role: threads.RoleAssistant, Content: "a", ID: "t1-a"})
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantContents(t, "History after concurrent retries", e.history(id, 0), "q", "a")
 }
 
 func (s suite) testTrim(t *testing.T) {
