@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/chatscale/chatscale/internal/rediscall"
 	"github.com/chatscale/chatscale/internal/scripts"
 )
 
@@ -30,9 +31,10 @@ var (
 	luaScripts = []*redis.Script{extendScript, closeScript, leaseScript}
 )
 
-// stateKey and leaseKey are the package's only Redis keys:
+// stateKey and leaseKey are the Client's Redis keys:
 // <Prefix>chat:{<Name>}:breaker and <Prefix>chat:{<Name>}:probe. Both
-// share the hash tag {<Name>}, so the scripts work on Redis Cluster.
+// share the hash tag {<Name>}, so the scripts work on Redis Cluster. The
+// Service's answer cache has keys of its own (answers.go).
 func stateKey(prefix, name string) string { return prefix + "chat:{" + name + "}:breaker" }
 func leaseKey(prefix, name string) string { return prefix + "chat:{" + name + "}:probe" }
 
@@ -44,12 +46,16 @@ func leaseKey(prefix, name string) string { return prefix + "chat:{" + name + "}
 // each server costs one more round trip (EVALSHA answered NOSCRIPT, then
 // EVAL), after a restart or a failover too, and the first call waits for
 // the first read of the shared state. Without Redis it does nothing. It
-// returns ctx's error when ctx ends, else the first error Redis answers.
+// returns ctx's error when ctx ends, else the first error Redis answers,
+// or a *rediscall.TimeoutError (matching context.DeadlineExceeded) when
+// Redis does not answer within Config.RedisTimeout.
 func (c *Client) LoadScripts(ctx context.Context) error {
 	if c.cfg.Redis == nil {
 		return nil
 	}
-	err := scripts.Load(ctx, c.cfg.Redis, luaScripts...)
+	_, err := rediscall.Do(ctx, rediscall.New(c.cfg.RedisTimeout), func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, scripts.Load(ctx, c.cfg.Redis, luaScripts...)
+	})
 	if err == nil && !c.br.cache.Load().loaded {
 		c.br.firstLoad(ctx, c.nowMs())
 	}
@@ -92,13 +98,20 @@ type tripStore interface {
 	close(ctx context.Context, until int64, holder string) (bool, error)
 }
 
+// redisTrips keeps sharedState in Redis. Each call returns by the
+// earlier of bound (Config.RedisTimeout) and its ctx's deadline (the
+// breaker's calls carry one of RedisTimeout, see storeCtx), whatever the
+// client's timeouts, with an error when Redis has not answered by then.
 type redisTrips struct {
 	rdb            redis.UniversalClient
+	bound          rediscall.Bound
 	stateK, leaseK string
 }
 
 func (s *redisTrips) load(ctx context.Context) (sharedState, error) {
-	v, err := s.rdb.HMGet(ctx, s.stateK, "until", "reason", "pause").Result()
+	v, err := rediscall.Do(ctx, s.bound, func(ctx context.Context) ([]any, error) {
+		return s.rdb.HMGet(ctx, s.stateK, "until", "reason", "pause").Result()
+	})
 	if err != nil {
 		return sharedState{}, err
 	}
@@ -106,8 +119,10 @@ func (s *redisTrips) load(ctx context.Context) (sharedState, error) {
 }
 
 func (s *redisTrips) extend(ctx context.Context, field string, deadline int64, reason string, ttl time.Duration, holder string) (sharedState, error) {
-	v, err := extendScript.Run(ctx, s.rdb, []string{s.stateK, s.leaseK},
-		field, deadline, reason, max(ttl.Milliseconds(), 1), holder).Slice()
+	v, err := rediscall.Do(ctx, s.bound, func(ctx context.Context) ([]any, error) {
+		return extendScript.Run(ctx, s.rdb, []string{s.stateK, s.leaseK},
+			field, deadline, reason, max(ttl.Milliseconds(), 1), holder).Slice()
+	})
 	if err != nil {
 		return sharedState{}, err
 	}
@@ -115,7 +130,9 @@ func (s *redisTrips) extend(ctx context.Context, field string, deadline int64, r
 }
 
 func (s *redisTrips) lease(ctx context.Context, holder string, ttl time.Duration, _, until int64) (bool, sharedState, error) {
-	v, err := leaseScript.Run(ctx, s.rdb, []string{s.stateK, s.leaseK}, until, holder, max(ttl.Milliseconds(), 1)).Slice()
+	v, err := rediscall.Do(ctx, s.bound, func(ctx context.Context) ([]any, error) {
+		return leaseScript.Run(ctx, s.rdb, []string{s.stateK, s.leaseK}, until, holder, max(ttl.Milliseconds(), 1)).Slice()
+	})
 	if err != nil || len(v) == 0 {
 		return false, sharedState{}, err
 	}
@@ -124,7 +141,9 @@ func (s *redisTrips) lease(ctx context.Context, holder string, ttl time.Duration
 }
 
 func (s *redisTrips) close(ctx context.Context, until int64, holder string) (bool, error) {
-	n, err := closeScript.Run(ctx, s.rdb, []string{s.stateK, s.leaseK}, until, holder).Int()
+	n, err := rediscall.Do(ctx, s.bound, func(ctx context.Context) (int, error) {
+		return closeScript.Run(ctx, s.rdb, []string{s.stateK, s.leaseK}, until, holder).Int()
+	})
 	return n == 1, err
 }
 
@@ -280,11 +299,20 @@ func (b *breaker) resetLocal() {
 	b.cb.Store(gobreaker.NewTwoStepCircuitBreaker[struct{}](b.settings))
 }
 
-// storeCtx bounds a store call and detaches it from the caller's
-// cancellation, so that a trip or a probe outcome is recorded even when
-// the caller has gone.
+// storeCtx bounds a store call by RedisTimeout (none when it is
+// negative) and detaches it from the caller's cancellation, so that a
+// trip or a probe outcome is recorded even when the caller has gone.
 func (b *breaker) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), b.c.cfg.RedisTimeout)
+	return withTimeout(context.WithoutCancel(ctx), b.c.cfg.RedisTimeout)
+}
+
+// withTimeout is context.WithTimeout for a positive d, and ctx with a
+// no-op cancel otherwise (Config.RedisTimeout: no bound of its own).
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 // snapshot returns the shared state at now (ms) as this process last saw
@@ -320,7 +348,7 @@ func (b *breaker) snapshot(ctx context.Context, now int64) sharedState {
 	b.bg.running = done
 	b.bg.Unlock()
 	go func() {
-		sctx, cancel := context.WithTimeout(context.Background(), b.c.cfg.RedisTimeout)
+		sctx, cancel := b.storeCtx(context.Background())
 		b.refresh(sctx, now)
 		cancel()
 		b.bg.Lock()

@@ -22,6 +22,7 @@ import (
 	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/internal/keyspace"
 	"github.com/chatscale/chatscale/internal/prom"
+	"github.com/chatscale/chatscale/internal/rediscall"
 	"github.com/chatscale/chatscale/internal/timeutil"
 	"github.com/chatscale/chatscale/ratelimit"
 )
@@ -165,9 +166,15 @@ type Config struct {
 	// background and goes on with the copy (see the package doc's Breaker
 	// section). Zero means 100 ms; negative is an error.
 	RefreshEvery time.Duration
-	// RedisTimeout bounds each Redis call of the breaker, and each
-	// settlement of a Limiter that does I/O. Zero means 500 ms; negative
-	// is an error.
+	// RedisTimeout bounds each Redis call of the breaker (a read of the
+	// shared state, a trip, a pause, a probe's lease and outcome, and
+	// LoadScripts), and each settlement of a Limiter that does I/O. A
+	// call that Redis has not answered by then counts as a store error,
+	// like an error, whatever the client's own timeouts: the breaker goes
+	// on with what this process knows and never fails a call because its
+	// Redis did. Zero means 1 s; negative means no bound of the Client's
+	// own: calls end with the client's timeouts (see the README's
+	// conventions for the go-redis options).
 	RedisTimeout time.Duration
 
 	// LowRemainingRequests and LowRemainingTokens: when the upstream's
@@ -258,7 +265,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Name = "openai"
 	}
 	def(&c.RefreshEvery, 100*time.Millisecond)
-	def(&c.RedisTimeout, 500*time.Millisecond)
+	def(&c.RedisTimeout, rediscall.DefaultTimeout)
 	def(&c.MaxPause, time.Minute)
 	if c.FallbackText == "" {
 		c.FallbackText = DefaultFallbackText
@@ -282,7 +289,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"Config.AttemptTimeout", c.AttemptTimeout}, {"Config.BaseDelay", c.BaseDelay},
 		{"Config.MaxDelay", c.MaxDelay}, {"Config.RetryWindow", c.RetryWindow},
 		{"Config.BreakerWindow", c.BreakerWindow}, {"Config.OpenFor", c.OpenFor},
-		{"Config.RefreshEvery", c.RefreshEvery}, {"Config.RedisTimeout", c.RedisTimeout},
+		{"Config.RefreshEvery", c.RefreshEvery},
 		{"Config.MaxPause", c.MaxPause},
 	} {
 		if d.v < 0 {
@@ -377,7 +384,7 @@ func NewClient(inner Completer, cfg Config) (*Client, error) {
 	}
 	var store tripStore = &memTrips{}
 	if cfg.Redis != nil {
-		store = &redisTrips{rdb: cfg.Redis, stateK: stateKey(cfg.Prefix, cfg.Name), leaseK: leaseKey(cfg.Prefix, cfg.Name)}
+		store = &redisTrips{rdb: cfg.Redis, bound: rediscall.New(cfg.RedisTimeout), stateK: stateKey(cfg.Prefix, cfg.Name), leaseK: leaseKey(cfg.Prefix, cfg.Name)}
 	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])

@@ -32,7 +32,7 @@ type settleKey struct {
 // (no I/O), a negative delay and a closed settler settle inline.
 type settler struct {
 	delay   time.Duration // < 0: inline
-	timeout time.Duration // bounds each Adjust, and the flush that close makes
+	timeout time.Duration // bounds each Adjust, and the flush that close makes; <= 0: no bound
 	logger  *slog.Logger
 	name    string
 	// after is the flush timer; tests replace it before the first call.
@@ -123,11 +123,11 @@ func (s *settler) flush(batch map[settleKey]int, final bool) {
 	ctx := context.Background()
 	if final {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		ctx, cancel = withTimeout(ctx, s.timeout)
 		defer cancel()
 	}
 	apply := func(k settleKey) {
-		actx, cancel := context.WithTimeout(ctx, s.timeout)
+		actx, cancel := withTimeout(ctx, s.timeout)
 		defer cancel()
 		s.report(k.key, batch[k], k.lim.Adjust(actx, k.key, batch[k]))
 	}

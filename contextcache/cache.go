@@ -24,6 +24,7 @@ import (
 
 	"github.com/chatscale/chatscale"
 	"github.com/chatscale/chatscale/internal/prom"
+	"github.com/chatscale/chatscale/internal/rediscall"
 	"github.com/chatscale/chatscale/internal/scripts"
 	"github.com/chatscale/chatscale/internal/timeutil"
 )
@@ -47,7 +48,8 @@ const (
 	maxPoll = 100 * time.Millisecond
 )
 
-// subscribeTimeout bounds the wait for Redis to confirm a subscription.
+// subscribeTimeout bounds the wait for Redis to confirm a subscription
+// when Config.RedisTimeout is negative.
 const subscribeTimeout = 5 * time.Second
 
 // Cache serves transcripts from process memory (L1), Redis (L2) and a
@@ -62,6 +64,8 @@ type Cache struct {
 	cfg Config
 	log *slog.Logger
 	rdb redis.UniversalClient
+	// bound limits each Redis call: Config.RedisTimeout.
+	bound rediscall.Bound
 
 	// sleep waits between polls of L2; tests replace it.
 	sleep func(ctx context.Context, d time.Duration) error
@@ -141,6 +145,7 @@ func New(src Source, cfg Config) (*Cache, error) {
 		cfg:       cfg,
 		log:       cfg.Logger,
 		rdb:       cfg.Redis,
+		bound:     rediscall.New(cfg.RedisTimeout),
 		sleep:     timeutil.Sleep,
 		seed:      maphash.MakeSeed(),
 		keyPrefix: cfg.Prefix + keyPart,
@@ -202,8 +207,9 @@ func New(src Source, cfg Config) (*Cache, error) {
 // *LoadError, matching ErrUnavailable, when the Source failed and no copy
 // is at hand; when an expired copy is at hand it is returned with Stale set
 // instead. For RetrySourceAfter after such a failure, misses of the same
-// transcript get that answer without calling the Source. A Redis failure
-// does not fail a Get: it goes to the Source. When ctx ends
+// transcript get that answer without calling the Source. A Redis failure,
+// or a Redis call unanswered after Config.RedisTimeout, does not fail a
+// Get: it goes to the Source. When ctx ends
 // first, Get returns ctx.Err() and the shared load goes on for the other
 // callers. After Close, misses return ErrClosed.
 // Get is safe for concurrent use.
@@ -380,7 +386,9 @@ func (c *Cache) fetch(k key) (d Document, tier Tier, stale string, err error) {
 	poll := minPoll
 	for {
 		nowMs := c.nowNano() / int64(time.Millisecond)
-		res, err := getOrLock.Run(c.base, c.rdb, []string{vk, lk}, token, lockTTL, nowMs).Result()
+		res, err := rediscall.Do(c.base, c.bound, func(ctx context.Context) (any, error) {
+			return getOrLock.Run(ctx, c.rdb, []string{vk, lk}, token, lockTTL, nowMs).Result()
+		})
 		if err != nil {
 			if c.base.Err() != nil {
 				return Document{}, 0, "", ErrClosed
@@ -476,8 +484,11 @@ func (c *Cache) loadAndFill(k key, vk, lk, token string, held bool) (Document, T
 		ms = millis(ttl)
 		val = withFreshness((now+int64(fresh))/int64(time.Millisecond), val)
 	}
-	// The lock is released even when Close is under way.
-	if ferr := fill.Run(context.WithoutCancel(c.base), c.rdb, []string{vk, lk}, token, val, ms, held).Err(); ferr != nil {
+	// The lock is released even when Close is under way, within the bound.
+	_, ferr := rediscall.Do(context.WithoutCancel(c.base), c.bound, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, fill.Run(ctx, c.rdb, []string{vk, lk}, token, val, ms, held).Err()
+	})
+	if ferr != nil {
 		c.redisFailed("write L2", ferr)
 	}
 	return d, TierSource, err
@@ -515,8 +526,9 @@ func (c *Cache) loadSource(k key) (Document, error) {
 // L1 copy. Instances that miss the message converge within L1TTL. A Get
 // that starts after Invalidate returns does not see the old copy on this
 // instance. Invalidate returns a *chatscale.InputError for bad IDs, an
-// error wrapping ErrUnavailable when Redis fails (the local copy is
-// dropped anyway) and ctx's error when ctx ends first.
+// error wrapping ErrUnavailable when Redis fails or does not answer
+// within Config.RedisTimeout (the local copy is dropped anyway) and ctx's
+// error when ctx ends first.
 func (c *Cache) Invalidate(ctx context.Context, courseID, videoURL string) error {
 	if err := checkKey(courseID, videoURL); err != nil {
 		return err
@@ -530,10 +542,14 @@ func (c *Cache) Invalidate(ctx context.Context, courseID, videoURL string) error
 	// The lock goes too: a load under it that began before this call
 	// then writes nothing to L2 (see fill.lua).
 	vk, lk := c.redisKeys(k)
-	if err := c.rdb.Del(ctx, vk, lk).Err(); err != nil {
+	if _, err := rediscall.Do(ctx, c.bound, func(ctx context.Context) (int64, error) {
+		return c.rdb.Del(ctx, vk, lk).Result()
+	}); err != nil {
 		return c.redisError(ctx, "invalidate", err)
 	}
-	if err := c.rdb.Publish(ctx, c.channel, encodeInvalidation(k)).Err(); err != nil {
+	if _, err := rediscall.Do(ctx, c.bound, func(ctx context.Context) (int64, error) {
+		return c.rdb.Publish(ctx, c.channel, encodeInvalidation(k)).Result()
+	}); err != nil {
 		return c.redisError(ctx, "publish invalidation", err)
 	}
 	return nil
@@ -551,11 +567,13 @@ func (c *Cache) drop(k key) {
 // Start subscribes this instance to the invalidation messages of the other
 // instances and starts the goroutine that applies them; Close stops it.
 // Without Start, copies dropped elsewhere live here until L1TTL ends.
-// Start waits for Redis to confirm the subscription; if that fails it
-// returns an error wrapping ErrUnavailable (ctx's error when ctx ended
-// first), and the subscriber keeps retrying in the background (go-redis
-// resubscribes after every reconnection). Start does nothing without Redis
-// or when already started, and returns ErrClosed after Close.
+// Start sends the subscription and waits for Redis to confirm it, each
+// within Config.RedisTimeout (the confirmation within 5 s when that is
+// negative); if that fails it returns an error wrapping ErrUnavailable
+// (ctx's error when ctx ended first), and the subscriber keeps retrying
+// in the background (go-redis resubscribes after every reconnection).
+// Start does nothing without Redis or when already started, and returns
+// ErrClosed after Close.
 func (c *Cache) Start(ctx context.Context) error {
 	if c.rdb == nil {
 		return nil
@@ -571,9 +589,21 @@ func (c *Cache) Start(ctx context.Context) error {
 	if c.ps != nil {
 		return nil
 	}
-	c.ps = c.rdb.Subscribe(ctx, c.channel)
-	_, err := c.ps.ReceiveTimeout(ctx, subscribeTimeout) // the confirmation
-	msgs := c.ps.Channel()
+	// Without channels Subscribe does no I/O; the SUBSCRIBE is sent within
+	// the bound, then its confirmation is read within the same time.
+	ps := c.rdb.Subscribe(ctx)
+	c.ps = ps
+	_, err := rediscall.Do(ctx, c.bound, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, ps.Subscribe(ctx, c.channel)
+	})
+	if err == nil {
+		confirm := c.bound.Timeout()
+		if confirm <= 0 {
+			confirm = subscribeTimeout
+		}
+		_, err = ps.ReceiveTimeout(ctx, confirm)
+	}
+	msgs := ps.Channel()
 	c.wg.Add(1)
 	go c.listen(msgs)
 	if err != nil {
@@ -601,7 +631,9 @@ func (c *Cache) LoadScripts(ctx context.Context) error {
 	if closed {
 		return ErrClosed
 	}
-	err := scripts.Load(ctx, c.rdb, luaScripts...)
+	_, err := rediscall.Do(ctx, c.bound, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, scripts.Load(ctx, c.rdb, luaScripts...)
+	})
 	if err != nil {
 		return c.redisError(ctx, "loading scripts", err)
 	}
@@ -614,6 +646,10 @@ func (c *Cache) LoadScripts(ctx context.Context) error {
 func (c *Cache) redisError(ctx context.Context, op string, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("contextcache: %s: %w", op, ctx.Err())
+	}
+	if err == context.Canceled || err == context.DeadlineExceeded {
+		// rediscall.Do saw ctx's deadline pass a moment before ctx.Err.
+		return fmt.Errorf("contextcache: %s: %w", op, err)
 	}
 	c.redisFailed(op, err)
 	return fmt.Errorf("contextcache: %s: %w: %w", op, ErrUnavailable, err)

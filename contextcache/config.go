@@ -29,10 +29,19 @@ type Config struct {
 	// and the invalidation messages: a *redis.Client, *redis.ClusterClient,
 	// Sentinel failover client or *redis.Ring. Nil means no L2: each
 	// instance loads for itself and Invalidate acts on this instance only.
-	// The Cache does not close the client; callers do, after Close. Calls
-	// are bounded by the client's own timeouts (go-redis: DialTimeout,
-	// ReadTimeout, WriteTimeout).
+	// The Cache does not close the client; callers do, after Close. Each
+	// call is bounded by RedisTimeout.
 	Redis redis.UniversalClient
+	// RedisTimeout bounds each Redis call: an L2 read (with the lock), an
+	// L2 write, each poll while another instance loads, the two calls of
+	// Invalidate, LoadScripts and the wait for Start's confirmation. A
+	// call that Redis has not answered by then counts as a Redis failure:
+	// Get goes to the Source (a hung Redis delays a miss by
+	// RedisTimeout, twice when it stops between the read and the write,
+	// and L1 hits not at all), Invalidate returns ErrUnavailable. Default: 1 s (zero). Negative means no bound of the
+	// Cache's own: calls end with the client's timeouts (see the README's
+	// conventions for the go-redis options).
+	RedisTimeout time.Duration
 	// Prefix starts every Redis key and the invalidation channel; the
 	// package adds "contextcache:" after it, so that one Prefix can serve
 	// every component of an application. Default: chatscale.DefaultPrefix,

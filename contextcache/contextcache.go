@@ -38,6 +38,20 @@
 // Redis pub/sub, to drop its L1 copy; an instance that misses the message
 // converges when its L1 copy's TTL ends.
 //
+// When Redis fails or hangs (each call is bounded by Config.RedisTimeout,
+// 1 s by default), Get answers from L1 and, on a miss, from the Source,
+// without L2 and without the cluster lock, so each instance may load a
+// transcript once for itself; Invalidate drops the local copy and returns
+// ErrUnavailable. Across a Sentinel failover that lasts about Sentinel's
+// down-after-milliseconds plus go-redis' redial to the promoted replica;
+// the Cache uses Redis again from the first call that succeeds, with no
+// probe interval. Nothing is lost that matters: L2 is a cache, and a copy
+// written just before the switch that did not reach the replica is loaded
+// again. An invalidation published during the switch may reach no other
+// instance (pub/sub keeps nothing for a subscriber that is reconnecting);
+// those instances converge within L1TTL. The subscriber of Start
+// resubscribes by itself once the new master answers.
+//
 // Lifecycle: New (no I/O, no goroutine), [Cache.LoadScripts] to warm the
 // script cache of every Redis server, [Cache.Start] to receive other
 // instances' invalidations (with Redis), [Cache.Close] to stop the

@@ -2,6 +2,7 @@ package ratelimit_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -121,5 +122,63 @@ func BenchmarkRedis(b *testing.B) {
 		if nsPerOp[p[0]] > 0 && nsPerOp[p[1]] > 0 {
 			b.Logf("%s: %.2fx the ops/s of %s (%s)", p[0], nsPerOp[p[1]]/nsPerOp[p[0]], p[1], env.Backend)
 		}
+	}
+}
+
+// BenchmarkRedisBound measures what Config.RedisTimeout costs a decision:
+// Allow on the same client and key with a bound (a timer and a goroutine
+// per call, whatever its length) and with none (RedisTimeout -1, the call
+// made directly), serial and parallel, one after the other. The bound is
+// a minute, so that a stall of the machine does not turn the run into
+// fallback decisions (one timeout sends a ProbeInterval's worth of calls
+// to the fallback); fallbacks/op reports any. Run it on a real server,
+// several times: CHATSCALE_REDIS_URL=redis://127.0.0.1:6379.
+func BenchmarkRedisBound(b *testing.B) {
+	env := testutil.Redis(b)
+	ctx := context.Background()
+	big := ratelimit.Limit{Rate: 10_000_000, Period: time.Second}
+	bounded := newRedis(b, env.Client, env.Prefix, big, ratelimit.Config{RedisTimeout: time.Minute})
+	unbounded := newRedis(b, env.Client, env.Prefix, big, ratelimit.Config{RedisTimeout: -1})
+	if err := bounded.LoadScripts(ctx); err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		lim      *ratelimit.Redis
+		parallel bool
+	}{
+		{"bounded", bounded, false},
+		{"unbounded", unbounded, false},
+		{"bounded-parallel", bounded, true},
+		{"unbounded-parallel", unbounded, true},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			fb := tc.lim.Stats().Fallback
+			allow := func() error {
+				d, err := tc.lim.Allow(ctx, "org", 1)
+				if err == nil && !d.Allowed {
+					err = errors.New("denied")
+				}
+				return err
+			}
+			if tc.parallel {
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if err := allow(); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			} else {
+				for b.Loop() {
+					if err := allow(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.ReportMetric(float64(tc.lim.Stats().Fallback-fb)/float64(b.N), "fallbacks/op")
+		})
 	}
 }

@@ -47,11 +47,52 @@
 // it returns errors wrapping ErrUnavailable instead. Either way it goes back
 // to Redis by itself when Redis answers again: while Redis is failing, one
 // call per Config.ProbeInterval tries it and the others do not wait for it.
-// How long one failing call waits is the client's business: bound it with
-// the go-redis options DialTimeout, ReadTimeout, WriteTimeout, MaxRetries
-// and DialerRetries (go-redis ignores ctx deadlines on sockets unless
-// ContextTimeoutEnabled is set). A call whose ctx ends returns ctx's error
-// and does not count as a Redis failure.
+//
+// A Redis that hangs rather than refuses (a stopped process, a network
+// stall, a master that died without closing its connections) is a failure
+// too: each Redis call is bounded by Config.RedisTimeout (1 s by default),
+// and a call that Redis has not answered by then falls back (or fails
+// closed) like one that got an error, whatever the go-redis client's own
+// timeouts and however long the caller's ctx. So the first calls of an
+// outage each wait up to RedisTimeout, and later ones only the call that
+// probes. A call whose ctx ends first returns ctx's error and does not
+// count as a Redis failure. Wait and WaitAll bound each Redis call the
+// same way; the wait for the budget itself ends with ctx. One call past
+// the bound is an outage like any other: the decisions of the next
+// ProbeInterval go to the fallback, so a host that stalls for longer than
+// RedisTimeout (a saturated CPU) sees fallback decisions too. Give the
+// client ContextTimeoutEnabled so that a call given up at the bound also
+// drops its connection (see the README's conventions for the go-redis
+// options); without it the call goes on in the background until the
+// client's ReadTimeout.
+//
+// # During a Redis failover
+//
+// When a Sentinel-managed master dies or hangs, calls fail (or hang,
+// bounded by RedisTimeout) until Sentinel has noticed (its
+// down-after-milliseconds) and promoted a replica; go-redis then learns
+// the new master from Sentinel's +switch-master message, closes its
+// connections to the old one and dials the new one. The limiter goes back
+// to Redis at its next probe, at most ProbeInterval after that. So the
+// fallback answers for about down-after + the promotion (well under a
+// second on a LAN) + go-redis' redial + up to ProbeInterval.
+//
+// What fail-open admits meanwhile, per key: each instance's fallback has
+// Burst/ExpectedInstances and Rate/ExpectedInstances, starts full for a
+// key it has not spent lately, and writes nothing to Redis, while the
+// Redis bucket refills at Rate, up to Burst. So over an outage of length
+// T, ExpectedInstances instances admit up to Burst + Rate*T more than the
+// budget allows; each instance beyond ExpectedInstances adds
+// Burst/ExpectedInstances + Rate*T/ExpectedInstances. A key whose Redis
+// bucket was full when the outage began can see about two bursts in a
+// short spell: one from the fallbacks at the start, one from Redis when it
+// answers again. Redis also replicates asynchronously: the spends of the
+// last moment before a master died may be missing on the promoted
+// replica, and are admitted again. A FailClosed limiter admits nothing
+// during the switch; its callers get ErrUnavailable. Decisions take the
+// time from the server's TIME, so a promoted replica whose clock differs
+// shifts every bucket by the difference: keep the servers' clocks in
+// sync.
 //
 // # Conventions
 //
@@ -289,6 +330,17 @@ type Config struct {
 	// closed) without waiting for a connection timeout (Redis only).
 	// Zero means 1 second; negative means every call tries Redis.
 	ProbeInterval time.Duration
+	// RedisTimeout bounds each Redis call of the limiter (Redis only): a
+	// call that Redis has not answered by then counts as a Redis failure,
+	// like an error, so a Redis that hangs (a stopped process, a network
+	// stall) engages the fallback, or FailClosed's ErrUnavailable, within
+	// RedisTimeout, whatever the client's own timeouts and however long
+	// the caller's ctx. A ctx that ends first still returns ctx's error.
+	// Zero means 1 second (far above a healthy call, well below a turn's
+	// deadline); negative means no bound of the limiter's own: a call
+	// then ends with its ctx or the client's timeouts (see the package
+	// doc).
+	RedisTimeout time.Duration
 	// MaxKeys bounds the keys a local limiter (NewLocal, and the fallback
 	// of NewRedis) holds. Keys whose bucket is full again are dropped
 	// first, which is exact: a full bucket behaves as no entry. Only when

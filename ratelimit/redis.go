@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatscale/chatscale/internal/prom"
+	"github.com/chatscale/chatscale/internal/rediscall"
 	"github.com/chatscale/chatscale/internal/scripts"
 	"github.com/chatscale/chatscale/internal/timeutil"
 )
@@ -62,6 +63,7 @@ type Redis struct {
 	keyPrefix string // base + "{" + HashTag + "}:" when HashTag is set
 	fallback  *Local
 	fbBurst   int
+	bound     rediscall.Bound // of each Redis call: Config.RedisTimeout
 	sleep     func(context.Context, time.Duration) error
 	metrics   *prom.Registration
 
@@ -118,6 +120,7 @@ func NewRedis(rdb redis.UniversalClient, limit Limit, cfg Config) (*Redis, error
 		base:     cfg.Prefix + "ratelimit:",
 		fallback: fb,
 		fbBurst:  fbLimit.Burst,
+		bound:    rediscall.New(cfg.RedisTimeout),
 		sleep:    timeutil.Sleep,
 	}
 	if cfg.HashTag != "" {
@@ -151,15 +154,19 @@ func (r *Redis) Key(key string) string {
 // optional: without it the first decision on each server costs one more
 // round trip (EVALSHA answered NOSCRIPT, then EVAL), after a restart or a
 // failover too. It returns ctx's error when ctx ends, else an error
-// wrapping ErrUnavailable and Redis's error when a server refuses; it
-// does not count as a decision or a store error.
+// wrapping ErrUnavailable and Redis's error when a server refuses or
+// does not answer within Config.RedisTimeout (a *rediscall.TimeoutError
+// then, which matches context.DeadlineExceeded); it does not count as a
+// decision or a store error.
 func (r *Redis) LoadScripts(ctx context.Context) error {
-	err := scripts.Load(ctx, r.client, gcraScript)
+	_, err := rediscall.Do(ctx, r.bound, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, scripts.Load(ctx, r.client, gcraScript)
+	})
 	if err == nil {
 		return nil
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
+	if cerr := callerEnded(ctx, err); cerr != nil {
+		return cerr
 	}
 	return fmt.Errorf("%w: loading scripts: %w", ErrUnavailable, err)
 }
@@ -317,8 +324,9 @@ func maxWait(ctx context.Context, now time.Time) int64 {
 var errSkipped = errors.New("skipped while redis is failing")
 
 // run evaluates gcra.lua over keys, one per limiter in lims (all on
-// r.client, keys in one slot), with mode as ARGV[1] and costs. On a store
-// failure it returns fb=true when r fails open, and an error wrapping
+// r.client, keys in one slot), with mode as ARGV[1] and costs, within
+// r.bound. On a store failure (an error, or no answer within the bound)
+// it returns fb=true when r fails open, and an error wrapping
 // ErrUnavailable when it fails closed. ctx's end is returned as ctx's
 // error and does not count as a store failure.
 func (r *Redis) run(ctx context.Context, mode int64, lims []*Redis, keys []string, costs []int) (res result, fb bool, err error) {
@@ -331,13 +339,15 @@ func (r *Redis) run(ctx context.Context, mode int64, lims []*Redis, keys []strin
 	for i, l := range lims {
 		args = append(args, l.ivArg, l.offArg, costs[i])
 	}
-	vals, err := gcraScript.Run(ctx, r.client, keys, args...).Int64Slice()
+	vals, err := rediscall.Do(ctx, r.bound, func(ctx context.Context) ([]int64, error) {
+		return gcraScript.Run(ctx, r.client, keys, args...).Int64Slice()
+	})
 	if err == nil && len(vals) != 2+3*len(keys) {
 		err = fmt.Errorf("ratelimit: unexpected script reply of %d values", len(vals))
 	}
 	if err != nil {
-		if ctx.Err() != nil {
-			return res, false, ctx.Err()
+		if cerr := callerEnded(ctx, err); cerr != nil {
+			return res, false, cerr
 		}
 		r.storeErr.Add(1)
 		r.markDown(err)
@@ -353,6 +363,20 @@ func (r *Redis) run(ctx context.Context, mode int64, lims []*Redis, keys []strin
 		res.buckets[i] = bucket{remaining: int(v[0]), reset: micros(v[1]), wait: micros(v[2])}
 	}
 	return res, false, nil
+}
+
+// callerEnded returns ctx's error when the call failed because ctx ended
+// (rediscall.Do reports that as ctx's own error, a moment before ctx.Err
+// may say so), else nil: the failure is Redis's, a bound that passed
+// (*rediscall.TimeoutError) included.
+func callerEnded(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	if err == context.Canceled || err == context.DeadlineExceeded {
+		return err
+	}
+	return nil
 }
 
 func micros(us int64) time.Duration {

@@ -2,10 +2,10 @@
 // chatscale package, whatever the go-redis client's options.
 //
 // go-redis bounds a call on the socket by its ReadTimeout and WriteTimeout
-// (3 s by default) and ignores the deadline of the call's ctx unless the
-// client has ContextTimeoutEnabled. A Redis that hangs instead of dying
-// (a stopped process, a network stall) then holds each call for the
-// client's timeouts, however short the caller's deadline. [Bound.Do] returns
+// (5 s by default in v9.23) and ignores the deadline of the call's ctx
+// unless the client has ContextTimeoutEnabled. A Redis that hangs instead
+// of dying (a stopped process, a network stall) then holds each call for
+// the client's timeouts, however short the caller's deadline. [Do] returns
 // by the earlier of the caller's deadline and the package's own bound
 // (Config.RedisTimeout in every package): with ContextTimeoutEnabled the
 // call itself gives up then and go-redis drops the connection; without it
