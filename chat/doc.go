@@ -122,7 +122,26 @@
 // closed breaker are never serialised. Deadlines come from Config.Now, so
 // every instance's clock must be roughly in sync. Without Redis the same
 // state lives in the process. If Redis fails, the process keeps its last
-// known state, its own trips, and probes alone.
+// known state, its own trips, and probes alone. A Redis that hangs fails
+// each call at Config.RedisTimeout (1 s by default), whatever the go-redis
+// client's timeouts, so no wait on the shared state lasts longer than
+// that: the reads run in the background, and only the first read, a
+// trip, a pause and a probe's lease and outcome are waited for.
+//
+// Across a Sentinel failover (Sentinel's down-after-milliseconds, then
+// go-redis' redial to the promoted replica) the breaker works per process
+// as above, and the Client's budgets are those of its Limiters (a
+// ratelimit.Redis fails open by default; see that package). What can be
+// lost: a trip, pause or probe outcome written to the old master in its
+// last moment, which Redis replicates asynchronously. Then another
+// instance sends calls upstream until its own breaker trips, a pause is
+// not seen elsewhere, or a breaker a probe closed shows as half-open
+// again until the next probe; each instance keeps what it wrote itself.
+// Settlements made meanwhile do not reach Redis (a ratelimit.Redis
+// applies them to its fallback; one that fails is logged and dropped):
+// the shared budget then stays more spent than it is, settlements being
+// mostly refunds. The first read that succeeds after the switch brings
+// every instance back to the shared state, within RefreshEvery.
 //
 // The copy is re-read stale-while-revalidate: the first call that finds
 // it older than RefreshEvery starts one read of the hash in the
@@ -313,6 +332,78 @@
 // token budget, and their body settles the quota's tokens with the
 // shared ones. The quota is hidden from the Completer the Client calls,
 // so a Client wrapping a Client spends it once.
+//
+// # Answer cache
+//
+// Many learners open the same video and ask the same first question
+// ("what is this video about?"). With ServiceConfig.Answers, a course
+// opts in (AnswersConfig.Courses) to answering such a question once and
+// serving the reply to the next askers from a cache: L1 in process memory
+// (AnswersConfig.L1Size answers), L2 in Redis (AnswersConfig.Redis), both
+// for AnswersConfig.TTL.
+//
+// Only a turn whose reply depends on no learner data takes part: the
+// learner's thread is open and holds no message (decided after the
+// thread is opened; with HistoryTokens negative the history is not read,
+// so no turn takes part), the learner did not just switch videos, and
+// nothing is degraded so far (a stale or missing transcript, a thread
+// store that failed). A turn that takes part is looked up after its
+// prompt is built, and its key is a SHA-256 digest of:
+//
+//   - the course and the video;
+//   - the model and MaxReplyTokens;
+//   - the transcript's version: its UpdatedAt, and the excerpt of its text
+//     that the prompt carries, so a changed transcript (once the
+//     contextcache serves the new copy, at once after Invalidate) gives
+//     new keys even when the source sets no UpdatedAt;
+//   - the executed system prompt, not the template's text: it changes
+//     with the template, and also with what the template is given (the
+//     title, and the position when the template uses it), which is what
+//     the model sees;
+//   - the other notes of the prompt (the playback position, to the
+//     second, when the Request has one: learners at different positions
+//     do not share an answer);
+//   - the question, normalised: Unicode NFC, case folded, white space
+//     collapsed to single spaces and trimmed, the trailing run of
+//     sentence punctuation (. ? ! , ; : …) dropped. "What is this video
+//     about?" and "  what is THIS video about ?? " are one question.
+//
+// A hit makes no upstream call: the reply is appended to the learner's
+// thread with the learner's own wording of the question, like any reply;
+// Response.Cached is set, Usage is zero and Response.SavedUsage is what
+// the call that produced the answer reported. Stream delivers a hit as
+// one delta per 256 bytes or so. A hit spends the learner's UserRequests
+// quota (one turn), no tokens.
+//
+// A miss asks the upstream and keeps the reply, unless it is degraded (a
+// fallback), the call failed or the Stream's caller left. One call per
+// key runs at a time across the cluster: in a process, the turns asking
+// one question wait for the first; across processes, the first takes a
+// Redis lock (AnswersConfig.LockTTL) in the same script that finds the
+// answer missing, and the others poll L2 with backoff (2 ms doubling to
+// 100 ms). A wait is bounded by AnswersConfig.LockWait, after which the
+// turn asks the upstream itself; when the turn the others wait for gets
+// no answer to keep, they each ask at once rather than one after the
+// other. A waiting turn gets nothing before the answer is complete: a
+// Stream that waits sends its first delta then. A miss costs two Redis
+// round trips more than a turn without the
+// cache (the lookup and the write); a hit from L1 costs none besides the
+// thread's, one from L2 one.
+//
+// The cache degrades, never the turn: when its Redis fails, the turn
+// goes to the upstream (and L2 is left alone for a second), and the
+// failure is counted (ai_chat_answer_cache_redis_errors_total).
+//
+// Privacy: an answer is shared with the other learners of the same course
+// and video only, and only when their question is the same after
+// normalisation and they ask it as their thread's first message. Such an
+// answer was produced from a prompt that holds no learner data (no
+// history, no user ID; the position only as the same second of the
+// video), so sharing it tells a learner nothing about another one
+// beyond the fact that someone asked the same question. The cache keeps
+// the reply and its token counts, never the question's text nor who
+// asked it. A course whose answers must not be shared stays out of
+// AnswersConfig.Courses.
 //
 // # Degraded replies
 //

@@ -166,6 +166,11 @@ const (
 	// ReasonStreamFailed: a streamed reply broke off after it began; the
 	// part received is not stored.
 	ReasonStreamFailed Reason = "stream_failed"
+	// ReasonNotReplicated: the exchange was stored on the Redis master but
+	// fewer replicas than threads.Config.WaitReplicas confirmed it in time
+	// (threads.ErrNotReplicated), so a failover may lose it. The reply is
+	// complete and Response.Stored is set.
+	ReasonNotReplicated Reason = "thread_not_replicated"
 )
 
 // UnavailableError is returned, when no fallback is configured, for a

@@ -157,6 +157,12 @@ type ServiceConfig struct {
 	// transcript).
 	AnswerWithoutTranscript bool
 
+	// Answers configures the answer cache: a course's learners asking the
+	// same first question about a video share one upstream call (see the
+	// package documentation, "Answer cache"). The zero value (Courses
+	// nil) turns it off.
+	Answers AnswersConfig
+
 	// Registerer receives the metrics; nil means none. See Service.
 	Registerer prometheus.Registerer
 	// Namespace starts the metric names. Empty means "ai_chat".
@@ -184,6 +190,7 @@ type ServiceConfig struct {
 }
 
 func (c ServiceConfig) withDefaults() (ServiceConfig, error) {
+	var err error
 	switch {
 	case c.Threads == nil:
 		return c, configError("ServiceConfig.Threads", "nil")
@@ -258,6 +265,11 @@ func (c ServiceConfig) withDefaults() (ServiceConfig, error) {
 		return c, configError("ServiceConfig.MaxMessageBytes",
 			fmt.Sprintf("%d: over what a thread can store (%d)", c.MaxMessageBytes, threads.MaxContentBytes))
 	}
+	if c.Answers.Courses != nil {
+		if c.Answers, err = c.Answers.withDefaults(); err != nil {
+			return c, err
+		}
+	}
 	if err := prom.CheckLabels("chat", c.ConstLabels, "status", "tier", "kind", "reason"); err != nil {
 		return c, err
 	}
@@ -286,6 +298,13 @@ func (c ServiceConfig) withDefaults() (ServiceConfig, error) {
 //	ai_chat_tokens_total{kind}               tokens the upstream reported: prompt, cached_prompt, completion
 //	ai_chat_degraded_total{reason}           degraded turns by Reason (a turn can count under several)
 //
+// and, with the answer cache on (ServiceConfig.Answers):
+//
+//	ai_chat_answer_cache_hits_total{tier}          turns answered from the cache: l1 (this process), l2 (Redis)
+//	ai_chat_answer_cache_misses_total              turns that looked the cache up and asked the upstream
+//	ai_chat_answer_cache_saved_tokens_total{kind}  tokens the hits did not spend: prompt, completion (as the call that made the answer reported them)
+//	ai_chat_answer_cache_redis_errors_total        failed Redis calls of the cache (the turns go on without it)
+//
 // These names carry no component part: they are the turn's, named as the
 // rest of the library's metrics refer to them. The active-threads gauge
 // costs no request anything: it is read from the store in the background,
@@ -300,7 +319,8 @@ type Service struct {
 	tracer  trace.Tracer
 	metrics *serviceMetrics
 	log     *slog.Logger
-	quota   bool // the Completer is a *Client: it spends the per-learner quota
+	quota   bool         // the Completer is a *Client: it spends the per-learner quota
+	answers *answerCache // nil when ServiceConfig.Answers is off
 
 	mu      sync.Mutex
 	closed  bool
@@ -359,9 +379,18 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 	} else {
 		s.tracer = noop.NewTracerProvider().Tracer("")
 	}
+	if cfg.Answers.Courses != nil {
+		if s.answers, err = newAnswerCache(cfg.Answers, cfg.Now, cfg.Logger); err != nil {
+			return nil, err
+		}
+	}
 	s.metrics, err = newServiceMetrics(prom.Opts{Registerer: cfg.Registerer, Namespace: cfg.Namespace, ConstLabels: cfg.ConstLabels}, s)
 	if err != nil {
+		s.answers.close()
 		return nil, err
+	}
+	if s.answers != nil {
+		s.answers.onRedisError = s.metrics.answerRedisError
 	}
 	return s, nil
 }
@@ -391,6 +420,7 @@ func (s *Service) Close(ctx context.Context) error {
 		go func() {
 			s.turns.Wait()
 			s.metrics.wait()
+			s.answers.close()
 			close(s.stopped)
 		}()
 	}

@@ -74,7 +74,7 @@ func tierOf(t contextcache.Tier) transcriptTier {
 
 // serviceReasons are the degraded reasons with a series of their own.
 var serviceReasons = []Reason{
-	ReasonThreadsDown, ReasonTranscriptDown, ReasonNoTranscript, ReasonStaleTranscript, ReasonStreamFailed,
+	ReasonThreadsDown, ReasonTranscriptDown, ReasonNoTranscript, ReasonStaleTranscript, ReasonStreamFailed, ReasonNotReplicated,
 	ReasonBreakerOpen, ReasonBulkheadFull, ReasonRateLimited, ReasonLimiterDown, ReasonQuota, ReasonRetriesSpent,
 }
 
@@ -90,6 +90,11 @@ type serviceMetrics struct {
 	degraded    map[Reason]prometheus.Counter
 	degradedVec *prometheus.CounterVec
 	active      *activeGauge
+	// The answer cache's, registered when it is on.
+	answerHits   [numAnswerTiers]prometheus.Counter
+	answerMisses prometheus.Counter
+	answerSaved  [2]prometheus.Counter // prompt, completion
+	answerErrors prometheus.Counter
 }
 
 func newServiceMetrics(o prom.Opts, s *Service) (*serviceMetrics, error) {
@@ -138,7 +143,11 @@ func newServiceMetrics(o prom.Opts, s *Service) (*serviceMetrics, error) {
 	for _, r := range serviceReasons {
 		m.degraded[r] = m.degradedVec.WithLabelValues(string(r))
 	}
-	reg, err := prom.Register("chat", o.Registerer, requests, m.duration, transcripts, tokens, m.degradedVec, m.active)
+	cs := []prometheus.Collector{requests, m.duration, transcripts, tokens, m.degradedVec, m.active}
+	if s.answers != nil {
+		cs = append(cs, m.answerCollectors(fq, labels)...)
+	}
+	reg, err := prom.Register("chat", o.Registerer, cs...)
 	if err != nil {
 		return nil, err
 	}
@@ -164,6 +173,53 @@ func (m *serviceMetrics) turn(st turnStatus, took time.Duration, r *Response) {
 			c = m.degradedVec.WithLabelValues(string(reason))
 		}
 		c.Inc()
+	}
+}
+
+// answerCollectors makes the answer cache's collectors.
+func (m *serviceMetrics) answerCollectors(fq func(string) string, labels prometheus.Labels) []prometheus.Collector {
+	hits := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: fq("answer_cache_hits_total"), ConstLabels: labels,
+		Help: "Turns answered from the answer cache, by tier: l1 (this process), l2 (Redis).",
+	}, []string{"tier"})
+	misses := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: fq("answer_cache_misses_total"), ConstLabels: labels,
+		Help: "Turns that looked the answer cache up and asked the upstream.",
+	})
+	saved := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: fq("answer_cache_saved_tokens_total"), ConstLabels: labels,
+		Help: "Upstream tokens the answer cache's hits did not spend, by kind: prompt, completion.",
+	}, []string{"kind"})
+	errs := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: fq("answer_cache_redis_errors_total"), ConstLabels: labels,
+		Help: "Failed Redis calls of the answer cache.",
+	})
+	for i := range m.answerHits {
+		m.answerHits[i] = hits.WithLabelValues(answerTierNames[i])
+	}
+	m.answerSaved[0] = saved.WithLabelValues("prompt")
+	m.answerSaved[1] = saved.WithLabelValues("completion")
+	m.answerMisses, m.answerErrors = misses, errs
+	return []prometheus.Collector{hits, misses, saved, errs}
+}
+
+func (m *serviceMetrics) answerHit(t answerTier, a *answer) {
+	if m.answerMisses != nil {
+		m.answerHits[t].Inc()
+		m.answerSaved[0].Add(float64(a.Prompt))
+		m.answerSaved[1].Add(float64(a.Completion))
+	}
+}
+
+func (m *serviceMetrics) answerMiss() {
+	if m.answerMisses != nil {
+		m.answerMisses.Inc()
+	}
+}
+
+func (m *serviceMetrics) answerRedisError() {
+	if m.answerErrors != nil {
+		m.answerErrors.Inc()
 	}
 }
 

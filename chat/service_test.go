@@ -71,6 +71,7 @@ type harness struct {
 
 type harnessOpts struct {
 	memory     bool // memory thread store instead of Redis
+	threads    threads.Config
 	client     chat.Config
 	service    chat.ServiceConfig
 	cache      contextcache.Config
@@ -98,7 +99,9 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 		h.store = st
 	} else {
 		h.env = tu.Redis(t)
-		st, err := threads.NewRedis(h.env.Client, threads.Config{Prefix: h.env.Prefix})
+		tc := o.threads
+		tc.Prefix = h.env.Prefix
+		st, err := threads.NewRedis(h.env.Client, tc)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -27,6 +28,8 @@ const (
 	MaxIDBytes = threads.MaxIDBytes
 	// MaxVideoURLBytes bounds Request.VideoURL, in bytes.
 	MaxVideoURLBytes = threads.MaxVideoURLBytes
+	// MaxTurnIDBytes bounds Request.TurnID, in bytes.
+	MaxTurnIDBytes = threads.MaxMessageIDBytes - 2
 )
 
 // Request is one learner turn.
@@ -50,6 +53,15 @@ type Request struct {
 	// the whole transcript does not fit. Not negative.
 	Position    time.Duration
 	HasPosition bool
+	// TurnID, optional, names the turn so that asking it again (a job
+	// retried after its worker died, a host retrying after a timeout)
+	// neither stores the exchange twice nor, when the first run's
+	// exchange is among the history the turn reads, asks the upstream
+	// again: the stored reply is returned with Response.Replayed. The
+	// question and the reply are stored with the message IDs TurnID+"/q"
+	// and TurnID+"/a" (threads.Message.ID). Unique per thread; empty means
+	// a random one. At most MaxTurnIDBytes bytes of valid UTF-8.
+	TurnID string
 }
 
 // Usage is the token usage the upstream reported for a turn.
@@ -103,6 +115,15 @@ type Response struct {
 	TranscriptStale   bool
 	TranscriptMissing bool
 	TranscriptCut     bool
+	// Cached reports that Reply came from the answer cache (see
+	// ServiceConfig.Answers): no upstream call was made, Usage is zero,
+	// and SavedUsage is what the call that produced the answer reported.
+	Cached     bool
+	SavedUsage Usage
+	// Replayed reports that the thread already held this turn's exchange
+	// (Request.TurnID): Reply is the stored reply, no upstream call was
+	// made and nothing was written.
+	Replayed bool
 }
 
 // validate checks r; nothing is stored or spent for an invalid Request.
@@ -129,6 +150,10 @@ func (s *Service) validate(r *Request) (int, error) {
 		return 0, invalidField("Message", "empty")
 	case r.HasPosition && r.Position < 0:
 		return 0, invalidField("Position", "negative")
+	case len(r.TurnID) > MaxTurnIDBytes:
+		return 0, invalidField("TurnID", "longer than "+strconv.Itoa(MaxTurnIDBytes)+" bytes")
+	case !utf8.ValidString(r.TurnID):
+		return 0, invalidField("TurnID", "not valid UTF-8")
 	}
 	n := s.tok.Count(r.Message)
 	if n > s.cfg.MaxMessageTokens {
@@ -165,6 +190,7 @@ type turn struct {
 	built     built
 	// abandoned: Stream's onDelta failed, the caller went away.
 	abandoned bool
+	ans       answerState
 }
 
 // Ask runs one turn and returns the tutor's reply.
@@ -174,6 +200,9 @@ type turn struct {
 //  2. Get the transcript (an in-process cache hit costs no I/O).
 //  3. Open the thread: get or create it, record the video, read the
 //     newest messages (one round trip on Redis).
+//     When the history read holds the exchange of Request.TurnID (the
+//     same turn asked again), its stored reply is the answer
+//     (Response.Replayed) and the turn ends there.
 //  4. Build the prompt within the budgets: the system prompt and the
 //     transcript excerpt first, a prefix that stays byte-identical
 //     across a learner's turns on one video (and position chunk), so the
@@ -182,11 +211,15 @@ type turn struct {
 //     playback position; then the question. A prompt that cannot fit the
 //     context window even without transcript and history is refused with
 //     a *ValidationError before anything is stored or spent.
-//  5. Ask the Completer. A *Client spends the request and token budgets
+//  5. With the answer cache on for the course and a thread holding no
+//     message, look the answer up (see the package documentation,
+//     "Answer cache"); a hit skips the next step and is stored like any
+//     reply, with Response.Cached.
+//  6. Ask the Completer. A *Client spends the request and token budgets
 //     and the per-learner quota together (one round trip on Redis when
 //     they share a slot, two in parallel otherwise); with another
 //     Completer the quota is spent first, one more round trip.
-//  6. Append the question and the reply to the thread (one round trip).
+//  7. Append the question and the reply to the thread (one round trip).
 //     The *Client settles the token reservation later, coalesced with
 //     other turns', never in the turn's path.
 //
@@ -261,17 +294,50 @@ func (t *turn) do(ctx context.Context, onDelta func(string) error) error {
 	if err := t.open(ctx); err != nil {
 		return err
 	}
-	t.build()
-	if onDelta == nil {
-		err = t.ask(ctx)
-	} else {
-		err = t.stream(ctx, onDelta)
+	if t.replay(onDelta) {
+		return nil
 	}
+	t.build()
+	cached, err := t.answer(ctx, onDelta)
 	if err != nil {
 		return err
 	}
+	if !cached {
+		if onDelta == nil {
+			err = t.ask(ctx)
+		} else {
+			err = t.stream(ctx, onDelta)
+		}
+		t.answered(ctx, err)
+		if err != nil {
+			return err
+		}
+	}
 	t.store(ctx)
 	return nil
+}
+
+// replay answers a turn whose exchange the thread already holds (the
+// same TurnID, asked again) with the stored reply.
+func (t *turn) replay(onDelta func(string) error) bool {
+	if t.req.TurnID == "" || !t.haveTh {
+		return false
+	}
+	q, a := t.req.TurnID+"/q", t.req.TurnID+"/a"
+	asked := false
+	for _, m := range t.session.History {
+		switch {
+		case m.ID == q:
+			asked = true
+		case asked && m.ID == a:
+			t.resp.Reply, t.resp.Stored, t.resp.Replayed = m.Content, true, true
+			if onDelta != nil && onDelta(m.Content) != nil {
+				t.abandoned = true
+			}
+			return true
+		}
+	}
+	return false
 }
 
 func (t *turn) degrade(r Reason) {
@@ -519,11 +585,24 @@ func (t *turn) store(ctx context.Context) {
 	cctx, span := s.child(ctx, "chat.append")
 	// The reply is paid for: store it even if the caller has gone.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(cctx), appendTimeout)
+	id := t.req.TurnID
+	if id == "" {
+		id = newTurnID()
+	}
 	err := s.cfg.Threads.Append(actx, t.session.Thread.ID,
-		threads.Message{Role: threads.RoleUser, Content: t.req.Message, Time: t.start},
-		threads.Message{Role: threads.RoleAssistant, Content: t.resp.Reply, Time: now})
+		threads.Message{Role: threads.RoleUser, Content: t.req.Message, Time: t.start, ID: id + "/q"},
+		threads.Message{Role: threads.RoleAssistant, Content: t.resp.Reply, Time: now, ID: id + "/a"})
 	cancel()
 	endSpan(span, err)
+	if errors.Is(err, threads.ErrNotReplicated) {
+		// Stored on the master, but not on as many replicas as the store
+		// was told to wait for.
+		s.log.LogAttrs(ctx, slog.LevelWarn, "chat: the exchange is stored but not replicated",
+			slog.String("thread_id", t.session.Thread.ID), slog.String("err", err.Error()))
+		t.resp.Stored = true
+		t.degrade(ReasonNotReplicated)
+		return
+	}
 	if err != nil {
 		s.log.LogAttrs(ctx, slog.LevelWarn, "chat: storing the exchange failed",
 			slog.String("thread_id", t.session.Thread.ID), slog.String("err", err.Error()))
@@ -533,6 +612,15 @@ func (t *turn) store(ctx context.Context) {
 	t.resp.Stored = true
 }
 
+// newTurnID returns a random turn ID: 128 bits in hex.
+func newTurnID() string {
+	var b [32]byte
+	h := strconv.AppendUint(b[:0], rand.Uint64(), 16)
+	h = append(h, '-')
+	h = strconv.AppendUint(h, rand.Uint64(), 16)
+	return string(h)
+}
+
 // appendTimeout bounds the append of a reply whose caller has gone.
 const appendTimeout = 5 * time.Second
 
@@ -540,7 +628,7 @@ const appendTimeout = 5 * time.Second
 func (t *turn) upstreamDegraded() bool {
 	for _, r := range t.resp.Reasons {
 		switch r {
-		case ReasonThreadsDown, ReasonTranscriptDown, ReasonNoTranscript, ReasonStaleTranscript:
+		case ReasonThreadsDown, ReasonTranscriptDown, ReasonNoTranscript, ReasonStaleTranscript, ReasonNotReplicated:
 		default:
 			return true
 		}
@@ -569,6 +657,7 @@ func (t *turn) finish(ctx context.Context, err error) {
 			slog.Int("completion_tokens", t.resp.Usage.CompletionTokens),
 			slog.Bool("video_changed", t.resp.VideoChanged),
 			slog.Bool("stored", t.resp.Stored),
+			slog.Bool("cached", t.resp.Cached),
 		)
 		if len(t.resp.Reasons) > 0 {
 			rs := make([]string, len(t.resp.Reasons))

@@ -42,9 +42,14 @@
 // retry more than the job's attempts and archives a job whose attempts
 // are spent itself, so that a re-queue after the last counted attempt is
 // not taken for a failure. Delivery is at least once: a worker that dies
-// after the upstream answered but before the reply was stored leaves the
-// job to be run again once its lease expires (a minute), and the learner's
-// thread then holds the exchange twice.
+// mid-job leaves the job to be run again once its lease expires (about a
+// minute). Every attempt of a job is one turn (the Worker sets
+// chat.Request.TurnID to "job:" and the job ID unless the request names a
+// turn of its own), so an attempt that finds the exchange already in the
+// learner's thread returns the stored reply without asking the upstream
+// (Response.Replayed), and the thread holds the exchange once. A worker
+// that dies after the upstream answered but before the exchange was
+// stored costs one more upstream call.
 //
 // # Job IDs and idempotency
 //

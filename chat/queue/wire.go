@@ -3,6 +3,7 @@ package queue
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -37,16 +38,17 @@ type wireRequest struct {
 	Message     string `json:"message"`
 	PositionNS  int64  `json:"position_ns,omitempty"`
 	HasPosition bool   `json:"has_position,omitempty"`
+	TurnID      string `json:"turn_id,omitempty"`
 }
 
 func toWireRequest(r chat.Request) wireRequest {
 	return wireRequest{UserID: r.UserID, CourseID: r.CourseID, VideoURL: r.VideoURL, Message: r.Message,
-		PositionNS: int64(r.Position), HasPosition: r.HasPosition}
+		PositionNS: int64(r.Position), HasPosition: r.HasPosition, TurnID: r.TurnID}
 }
 
 func (w wireRequest) request() chat.Request {
 	return chat.Request{UserID: w.UserID, CourseID: w.CourseID, VideoURL: w.VideoURL, Message: w.Message,
-		Position: time.Duration(w.PositionNS), HasPosition: w.HasPosition}
+		Position: time.Duration(w.PositionNS), HasPosition: w.HasPosition, TurnID: w.TurnID}
 }
 
 func (p *payload) enqueuedAt() time.Time       { return time.UnixMilli(p.EnqueuedAtMS) }
@@ -76,6 +78,8 @@ func decodePayload(b []byte) (*payload, error) {
 	switch {
 	case p.TimeoutMS <= 0:
 		return nil, fmt.Errorf("%w: payload timeout_ms %d not positive", ErrMalformed, p.TimeoutMS)
+	case p.TimeoutMS > math.MaxInt64/int64(time.Millisecond):
+		return nil, fmt.Errorf("%w: payload timeout_ms %d over what a time.Duration holds", ErrMalformed, p.TimeoutMS)
 	case p.MaxAttempts <= 0:
 		return nil, fmt.Errorf("%w: payload max_attempts %d not positive", ErrMalformed, p.MaxAttempts)
 	case p.EnqueuedAtMS <= 0:
@@ -160,6 +164,11 @@ type wireResponse struct {
 	TranscriptMissing bool          `json:"transcript_missing,omitempty"`
 	TranscriptCut     bool          `json:"transcript_cut,omitempty"`
 	Member            string        `json:"member,omitempty"`
+	Cached            bool          `json:"cached,omitempty"`
+	SavedPrompt       int           `json:"saved_prompt_tokens,omitempty"`
+	SavedCachedPrompt int           `json:"saved_cached_prompt_tokens,omitempty"`
+	SavedCompletion   int           `json:"saved_completion_tokens,omitempty"`
+	Replayed          bool          `json:"replayed,omitempty"`
 }
 
 func toWireResponse(r chat.Response) *wireResponse {
@@ -170,7 +179,8 @@ func toWireResponse(r chat.Response) *wireResponse {
 		PromptTokensUsed: r.Usage.PromptTokens, CachedPrompt: r.Usage.CachedPromptTokens, CompletionTokens: r.Usage.CompletionTokens,
 		PromptTokens: r.PromptTokens, HistoryMessages: r.HistoryMessages,
 		TranscriptStale: r.TranscriptStale, TranscriptMissing: r.TranscriptMissing, TranscriptCut: r.TranscriptCut,
-		Member: r.Member,
+		Member: r.Member, Cached: r.Cached, Replayed: r.Replayed,
+		SavedPrompt: r.SavedUsage.PromptTokens, SavedCachedPrompt: r.SavedUsage.CachedPromptTokens, SavedCompletion: r.SavedUsage.CompletionTokens,
 	}
 	if r.TranscriptTier != 0 {
 		w.TranscriptTier = r.TranscriptTier.String()
@@ -186,7 +196,8 @@ func (w *wireResponse) response() chat.Response {
 		Usage:        chat.Usage{PromptTokens: w.PromptTokensUsed, CachedPromptTokens: w.CachedPrompt, CompletionTokens: w.CompletionTokens},
 		PromptTokens: w.PromptTokens, HistoryMessages: w.HistoryMessages,
 		TranscriptStale: w.TranscriptStale, TranscriptMissing: w.TranscriptMissing, TranscriptCut: w.TranscriptCut,
-		Member: w.Member,
+		Member: w.Member, Cached: w.Cached, Replayed: w.Replayed,
+		SavedUsage: chat.Usage{PromptTokens: w.SavedPrompt, CachedPromptTokens: w.SavedCachedPrompt, CompletionTokens: w.SavedCompletion},
 	}
 	for _, t := range [...]contextcache.Tier{contextcache.TierL1, contextcache.TierL2, contextcache.TierSource} {
 		if w.TranscriptTier == t.String() {

@@ -39,6 +39,7 @@ func TestResponseRoundTrip(t *testing.T) {
 		Usage:        chat.Usage{PromptTokens: 10, CachedPromptTokens: 4, CompletionTokens: 5},
 		PromptTokens: 11, HistoryMessages: 2, TranscriptTier: contextcache.TierL2,
 		TranscriptStale: true, TranscriptMissing: true, TranscriptCut: true, Member: "secondary",
+		Cached: true, Replayed: true, SavedUsage: chat.Usage{PromptTokens: 20, CachedPromptTokens: 8, CompletionTokens: 9},
 	}
 	if z := zeroFields(in); len(z) > 0 {
 		t.Fatalf("the test's Response leaves %v unset", z)
@@ -64,7 +65,7 @@ func TestResponseRoundTrip(t *testing.T) {
 }
 
 func TestRequestRoundTrip(t *testing.T) {
-	in := chat.Request{UserID: "u", CourseID: "c", VideoURL: "v", Message: "m", Position: 90 * time.Second, HasPosition: true}
+	in := chat.Request{UserID: "u", CourseID: "c", VideoURL: "v", Message: "m", Position: 90 * time.Second, HasPosition: true, TurnID: "t"}
 	if z := zeroFields(in); len(z) > 0 {
 		t.Fatalf("the test's Request leaves %v unset", z)
 	}

@@ -377,6 +377,12 @@ func (w *Worker) process(ctx context.Context, t *asynq.Task) error {
 		return j.exhausted(ctx, retried)
 	}
 	req := p.Request.request()
+	if req.TurnID == "" {
+		// Every attempt of the job is one turn: an attempt that runs again
+		// after a worker died stores the exchange once, and returns the
+		// stored reply when the first attempt got as far as storing it.
+		req.TurnID = "job:" + j.id()
+	}
 	if err := checkRequest(req, w.cfg.MaxMessageBytes); err != nil {
 		return j.fail(ctx, KindInvalid, err)
 	}
