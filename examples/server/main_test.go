@@ -18,7 +18,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
+
+// TestMain fails the package's tests when a goroutine they started is
+// still running after the last one.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
 
 // These tests build the server binary and run it, as a user would, on a
 // free port of 127.0.0.1.
