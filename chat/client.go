@@ -186,6 +186,15 @@ type Config struct {
 	// MaxPause caps one adaptive pause. Zero means 60 s; negative is an
 	// error.
 	MaxPause time.Duration
+	// MaxBudgetWait bounds how long one attempt waits for the shared
+	// budgets, an adaptive pause included: an attempt whose budget (or
+	// pause) would not come within it is refused at once, without
+	// spending anything, with ReasonRateLimited and the time the budget
+	// said to come back after (UnavailableError.RetryAfter, or the
+	// fallback reply). When demand outgrows the upstream's limits, this
+	// turns a queue of callers each waiting up to its own deadline into
+	// fast answers. Zero or negative means no bound besides ctx's deadline.
+	MaxBudgetWait time.Duration
 
 	// FallbackText is the reply while the upstream cannot be used. Empty
 	// means DefaultFallbackText.
@@ -765,7 +774,16 @@ func (c *Client) waitBudget(ctx context.Context, st step, start time.Time) (time
 		return start, false, nil
 	}
 	sctx, span := startSpan(ctx, spanBudget)
+	if c.cfg.MaxBudgetWait > 0 {
+		var cancel context.CancelFunc
+		sctx, cancel = context.WithTimeout(sctx, c.cfg.MaxBudgetWait)
+		defer cancel()
+	}
 	spent, err := c.spendBudget(sctx, st.reserve, start, pause, q)
+	if err != nil && sctx.Err() != nil && ctx.Err() == nil {
+		// MaxBudgetWait ended the wait, not the caller.
+		err = &UnavailableError{Reason: ReasonRateLimited, Err: err}
+	}
 	end := c.now()
 	c.metrics.limiterWait(end.Sub(start))
 	endBudgetSpan(span, end.Sub(start), err)

@@ -82,7 +82,8 @@
 // A 429 that says when to come back is a pause for everyone: every
 // instance (through the Redis hash below) waits until then, capped by
 // MaxPause, before spending budget, and a call that cannot wait that long
-// within its ctx deadline falls back with ReasonRateLimited without
+// within its ctx deadline (or Config.MaxBudgetWait, which bounds the wait
+// for the shared budgets too) falls back with ReasonRateLimited without
 // calling. The pause is the one of the adaptive budget below.
 //
 // go-openai does not expose the headers of an error reply, so Transport,

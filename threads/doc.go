@@ -154,6 +154,12 @@
 // appending, master killed with SIGKILL) saw its first acknowledged
 // append 2.3 to 3.8 s after the kill.
 //
+// A Redis restart keeps what its persistence kept: without persistence it
+// comes back empty and every thread is gone (the next Open of each pair
+// creates a new, empty one); with AOF and appendfsync always, every write
+// acknowledged before the crash is there. RELIABILITY.md, in the
+// repository, measures both under load.
+//
 // # Redis Cluster
 //
 // Every key of a thread, its user's set and its bucket's sorted set carry

@@ -132,11 +132,16 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *App, err error) {
 
 	// The budgets shared by every instance (one hash tag: one round trip
 	// for both), and each learner's quota.
-	requests, err := a.limiter(ratelimit.PerMinute(cfg.UpstreamRequestsPerMinute), ratelimit.Config{Name: "requests", HashTag: "openai"})
+	shared := ratelimit.Config{HashTag: "openai", ExpectedInstances: cfg.ExpectedInstances}
+	shared.Name = "requests"
+	requests, err := a.limiter(upstreamLimit(cfg.UpstreamRequestsPerMinute, 1), shared)
 	if err != nil {
 		return nil, err
 	}
-	tokens, err := a.limiter(ratelimit.PerMinute(cfg.UpstreamTokensPerMinute), ratelimit.Config{Name: "tokens", HashTag: "openai"})
+	shared.Name = "tokens"
+	// A turn reserves up to about 13,000 tokens (the Service's default
+	// budgets): the token burst holds at least that.
+	tokens, err := a.limiter(upstreamLimit(cfg.UpstreamTokensPerMinute, 16_384), shared)
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +171,7 @@ func New(ctx context.Context, cfg Config, opts Options) (_ *App, err error) {
 		log.Info("model: OpenAI-compatible API", "base_url", redactURL(base), "model", cfg.Model, "api_key_set", cfg.OpenAIAPIKey != "")
 	}
 	client, err := chat.NewClient(inner, chat.Config{
-		Requests: requests, Tokens: tokens, Redis: rdb,
+		Requests: requests, Tokens: tokens, Redis: rdb, MaxBudgetWait: cfg.UpstreamMaxWait,
 		DisableFallback: cfg.DisableFallback, Registerer: a.reg, Logger: log,
 	})
 	if err != nil {
@@ -420,4 +425,13 @@ func (g *gate) drain(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// upstreamLimit is a budget whose busiest 60 s stay within perMinute: a
+// GCRA budget admits its burst plus its rate over any window, so the
+// burst (1 % of the limit, at least minBurst, at most half) comes out of
+// the rate.
+func upstreamLimit(perMinute, minBurst int) ratelimit.Limit {
+	burst := min(max(perMinute/100, minBurst), max(1, perMinute/2))
+	return ratelimit.Limit{Rate: max(1, perMinute-burst), Period: time.Minute, Burst: burst}
 }

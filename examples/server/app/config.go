@@ -66,6 +66,15 @@ type Config struct {
 	UpstreamRequestsPerMinute int
 	UpstreamTokensPerMinute   int
 	LearnerTurnsPerMinute     int
+	// ExpectedInstances is how many instances share the upstream budgets:
+	// while Redis fails, each answers from a local budget of the limit
+	// divided by it. Zero means 1. Env: EXPECTED_INSTANCES.
+	ExpectedInstances int
+	// UpstreamMaxWait bounds a turn's wait for the shared budgets
+	// (chat.Config.MaxBudgetWait): past it the learner gets the fallback
+	// reply (or 503) at once, with the time to come back. Zero means 5 s;
+	// negative means until the turn's deadline. Env: UPSTREAM_MAX_WAIT.
+	UpstreamMaxWait time.Duration
 
 	// DrainTimeout bounds the graceful shutdown. Zero means 25 s. Env:
 	// DRAIN_TIMEOUT.
@@ -91,6 +100,7 @@ const (
 	DefaultUpstreamRequestsPerMinute = 500
 	DefaultUpstreamTokensPerMinute   = 200_000
 	DefaultLearnerTurnsPerMinute     = 10
+	DefaultUpstreamMaxWait           = 5 * time.Second
 	DefaultDrainTimeout              = 25 * time.Second
 	// MinAuthSecretBytes is the shortest AUTH_SECRET accepted.
 	MinAuthSecretBytes = 32
@@ -261,6 +271,11 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	if c.LearnerTurnsPerMinute == 0 {
 		c.LearnerTurnsPerMinute = -1
 	}
+	c.ExpectedInstances = count("EXPECTED_INSTANCES", 1, 1)
+	c.UpstreamMaxWait = duration("UPSTREAM_MAX_WAIT", DefaultUpstreamMaxWait)
+	if c.UpstreamMaxWait == 0 {
+		c.UpstreamMaxWait = -1
+	}
 	c.DrainTimeout = duration("DRAIN_TIMEOUT", DefaultDrainTimeout)
 	if c.DrainTimeout == 0 {
 		bad("DRAIN_TIMEOUT", "zero: give the turns in flight some time, such as 25s")
@@ -302,6 +317,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.ExpectedInstances == 0 {
+		c.ExpectedInstances = 1
+	}
+	if c.UpstreamMaxWait == 0 {
+		c.UpstreamMaxWait = DefaultUpstreamMaxWait
 	}
 	return c
 }
