@@ -97,6 +97,7 @@ func failoverRun(t *testing.T, waitReplicas int, lag bool) failoverResult {
 		firstAck  atomic.Int64 // unix ns of the first acknowledged append started after the kill
 		acked     = make([][]int, failoverLearners)
 		errCounts sync.Map
+		lastErr   sync.Map
 	)
 	const maxAppends = 20_000 // per learner: the loops end by count too
 	for l := range failoverLearners {
@@ -126,6 +127,7 @@ func failoverRun(t *testing.T, waitReplicas int, lag bool) failoverResult {
 					}
 					n, _ := errCounts.LoadOrStore(kind, new(atomic.Int64))
 					n.(*atomic.Int64).Add(1)
+					lastErr.Store(kind, err)
 					continue
 				}
 				acked[l] = append(acked[l], j)
@@ -164,15 +166,20 @@ func failoverRun(t *testing.T, waitReplicas int, lag bool) failoverResult {
 			r.Cont()
 		}
 	}
-	if !testutil.Eventually(30*time.Second, func() bool { return afterKill.Load() >= 10*failoverLearners }) {
-		t.Fatalf("only %d appends acknowledged in the 30 s after the kill", afterKill.Load())
-	}
+	recovered := testutil.Eventually(30*time.Second, func() bool { return afterKill.Load() >= 10*failoverLearners })
 	close(stop)
 	wg.Wait()
 	errCounts.Range(func(k, v any) bool {
 		t.Logf("appends that failed (%s): %d", k, v.(*atomic.Int64).Load())
 		return true
 	})
+	lastErr.Range(func(k, v any) bool {
+		t.Logf("last error (%s): %v", k, v)
+		return true
+	})
+	if !recovered {
+		t.Fatalf("only %d appends acknowledged in the 30 s after the kill", afterKill.Load())
+	}
 
 	addr, err := set.MasterAddr(ctx)
 	if err != nil {

@@ -66,31 +66,46 @@ func New(timeout time.Duration) Bound {
 // Timeout returns the bound, 0 when there is none.
 func (b Bound) Timeout() time.Duration { return b.d }
 
-// Do runs call with a ctx that ends at the bound or with ctx, whichever is
-// first, and returns what call returned, or, when call has not returned
-// by then, ctx's error if ctx ended and a *TimeoutError if the bound
-// passed. A call that ends with the bounded ctx's deadline is reported the
-// same way. call must not keep its ctx or write to anything the caller
-// reads after Do returns: when the client ignores ctx deadlines, call may
-// still be running then.
+// Do runs call with a ctx that ends at the earlier of the bound and ctx's
+// deadline, and returns what call returned, or, when call has not returned
+// by then, ctx's error if ctx's deadline passed and a *TimeoutError if the
+// bound did. A call that ends with that deadline is reported the same way.
+//
+// A ctx cancelled (rather than past its deadline) while the call runs
+// does not abandon it at once: the command may already be in Redis, and a
+// caller told "cancelled" could not know whether it took effect (a budget
+// spent, a message stored) to undo or retry it. Do waits up to
+// CancelGrace more (within the same deadline) for the call's answer and
+// returns it; the caller sees its ctx ended on its next step. Only a Redis
+// that does not answer within the grace gets ctx's error. A ctx that has
+// ended before Do is called sends nothing and returns ctx's error.
+//
+// call must not keep its ctx or write to anything the caller reads after
+// Do returns: when the client ignores ctx deadlines (go-redis without
+// ContextTimeoutEnabled), call may still be running then.
 func Do[T any](ctx context.Context, b Bound, call func(ctx context.Context) (T, error)) (T, error) {
 	if err := ctx.Err(); err != nil {
 		var zero T
 		return zero, err
 	}
-	cctx, cancel := ctx, context.CancelFunc(func() {})
+	base := context.WithoutCancel(ctx)
+	dl, ok := ctx.Deadline()
 	if b.d > 0 {
-		if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > b.d {
-			cctx, cancel = context.WithTimeout(ctx, b.d)
+		if bd := time.Now().Add(b.d); !ok || bd.Before(dl) {
+			dl, ok = bd, true
 		}
 	}
-	defer cancel()
-	if cctx.Done() == nil {
-		return call(cctx)
+	if !ok && ctx.Done() == nil {
+		return call(base)
 	}
-	// Even a client that honours ctx only turns its deadline into socket
-	// deadlines and does not watch for cancellation, so the call runs in a
-	// goroutine of its own whatever the client.
+	cctx, cancel := context.WithCancel(base)
+	if ok {
+		cctx, cancel = context.WithDeadline(base, dl)
+	}
+	defer cancel()
+	// go-redis with ContextTimeoutEnabled turns the deadline into socket
+	// deadlines; without it the call ignores the deadline, so it runs in a
+	// goroutine of its own that Do stops waiting for.
 	type result struct {
 		v   T
 		err error
@@ -100,17 +115,33 @@ func Do[T any](ctx context.Context, b Bound, call func(ctx context.Context) (T, 
 		v, err := call(cctx)
 		done <- result{v, err}
 	}()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			r.err = b.translate(ctx, cctx, r.err)
+	var grace <-chan time.Time
+	cancelled := ctx.Done()
+	for {
+		select {
+		case r := <-done:
+			if r.err != nil {
+				r.err = b.translate(ctx, cctx, r.err)
+			}
+			return r.v, r.err
+		case <-cctx.Done():
+			var zero T
+			return zero, b.translate(ctx, cctx, cctx.Err())
+		case <-cancelled:
+			cancelled = nil
+			t := time.NewTimer(CancelGrace)
+			defer t.Stop()
+			grace = t.C
+		case <-grace:
+			var zero T
+			return zero, ctx.Err()
 		}
-		return r.v, r.err
-	case <-cctx.Done():
-		var zero T
-		return zero, b.translate(ctx, cctx, cctx.Err())
 	}
 }
+
+// CancelGrace is how long Do still waits for the answer of a call whose
+// ctx was cancelled while it ran: a healthy Redis answers well within it.
+const CancelGrace = 100 * time.Millisecond
 
 // translate turns an error that the end of the bounded ctx caused into the
 // caller's ctx error or a *TimeoutError. A client that honours ctx reports
@@ -122,11 +153,11 @@ func (b Bound) translate(ctx, cctx context.Context, err error) error {
 	if !ended(cctx) {
 		return err
 	}
-	if ended(ctx) {
-		if cerr := ctx.Err(); cerr != nil {
-			return cerr
-		}
-		return context.DeadlineExceeded
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		// The caller's deadline has passed; its ctx's own timer fires a
+		// moment after the copy's at most.
+		<-ctx.Done()
+		return ctx.Err()
 	}
 	return &TimeoutError{After: b.d}
 }

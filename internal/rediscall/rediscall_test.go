@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -95,12 +96,108 @@ func TestDoReturnsTheCallersCtxErrorWhenItEndsFirst(t *testing.T) {
 		if err != context.DeadlineExceeded {
 			t.Fatalf("ContextTimeoutEnabled=%v: err = %v, want ctx's own error", honour, err)
 		}
-		ctx, cancel = context.WithCancel(context.Background())
-		go func() { time.AfterFunc(20*time.Millisecond, cancel) }()
-		_, err = rediscall.Do(ctx, b, get(rdb))
-		if err != context.Canceled {
-			t.Fatalf("ContextTimeoutEnabled=%v: err = %v, want context.Canceled", honour, err)
+	}
+}
+
+// slowServer answers GET with the bulk string "v", each answer held until
+// release is closed (a Redis whose reply is on its way), HELLO with an
+// unknown-command error (so the client speaks RESP2 without it) and
+// anything else with +OK. received gets a value when a GET has
+// arrived.
+func slowServer(t *testing.T) (addr string, received chan struct{}, release chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	received, release = make(chan struct{}, 16), make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				buf := make([]byte, 4096)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					reply := "+OK\r\n"
+					switch cmd := strings.ToLower(string(buf[:n])); {
+					case strings.Contains(cmd, "hello"):
+						reply = "-ERR unknown command 'HELLO'\r\n"
+					case strings.Contains(cmd, "get"):
+						received <- struct{}{}
+						<-release
+						reply = "$1\r\nv\r\n"
+					}
+					if _, err := c.Write([]byte(reply)); err != nil {
+						return
+					}
+				}
+			}()
 		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+		wg.Wait()
+	})
+	return ln.Addr().String(), received, release
+}
+
+// A ctx cancelled while the command is in Redis does not abandon it: Do
+// returns Redis' answer, so that the caller knows what took effect.
+func TestDoWaitsForTheAnswerOfACancelledCall(t *testing.T) {
+	addr, received, release := slowServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr, Protocol: 2, DisableIdentity: true, MaxRetries: -1,
+		ReadTimeout: time.Minute, WriteTimeout: time.Minute, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { rdb.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	type answer struct {
+		v   string
+		err error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		v, err := rediscall.Do(ctx, rediscall.New(time.Minute), get(rdb))
+		got <- answer{v, err}
+	}()
+	<-received
+	cancel()
+	close(release)
+	if a := <-got; a.err != nil || a.v != "v" {
+		t.Fatalf("cancelled while Redis held the answer: got %q, %v; want Redis' answer", a.v, a.err)
+	}
+
+	// A ctx ended before the call sends nothing; one cancelled during a
+	// call Redis never answers ends after CancelGrace.
+	hung := client(t, hungServer(t), false)
+	ctx, cancel = context.WithCancel(context.Background())
+	cancel()
+	if _, err := rediscall.Do(ctx, rediscall.New(time.Minute), get(hung)); err != context.Canceled {
+		t.Fatalf("ctx ended before the call: %v, want context.Canceled", err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	time.AfterFunc(10*time.Millisecond, cancel)
+	if _, err := rediscall.Do(ctx, rediscall.New(time.Minute), get(hung)); err != context.Canceled {
+		t.Fatalf("cancelled during a hung call: %v, want context.Canceled after the grace", err)
+	}
+	if _, err := rediscall.Do(context.Background(), rediscall.New(-1), func(context.Context) (int, error) { return 1, nil }); err != nil {
+		t.Fatal(err)
 	}
 }
 
