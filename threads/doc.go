@@ -125,10 +125,12 @@
 // that received the most, so with n = 1 and two or more replicas an
 // acknowledged write survives the failover of its master. (WAIT is not a
 // consensus: a replica that confirmed and then dies with the master takes
-// the write with it.) When fewer confirm, the call returns a
-// *ReplicationError: the write was applied on the master and may or may
-// not survive a failover; retrying it (with message IDs, for Append) is
-// safe. Open and GetOrCreate do not wait: a thread created just before a
+// the write with it.) It also covers a replica that has just made a full
+// sync: its link is up at once, but the master streams it the writes made
+// since the snapshot only after its first acknowledgement, up to a second
+// later. When fewer confirm, the call returns a *ReplicationError: the
+// write was applied on the master and may or may not survive a failover;
+// retrying it (with message IDs, for Append) is safe. Open and GetOrCreate do not wait: a thread created just before a
 // failover may be lost with no message in it, the next Open creates it
 // again, and an Append to the lost ID returns ErrNotFound.
 //

@@ -69,9 +69,11 @@ type failoverResult struct {
 
 func failoverRun(t *testing.T, waitReplicas int, lag bool) failoverResult {
 	set := testutil.StartSentinelSet(t, 2, failoverDownAfter)
+	// The client options the README advises: ctx deadlines honoured on the
+	// socket, no retries of a read that timed out.
 	fc := set.FailoverClient(&redis.FailoverOptions{
 		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond,
-		PoolSize: 2 * failoverLearners,
+		PoolSize: 2 * failoverLearners, ContextTimeoutEnabled: true, MaxRetries: -1,
 	})
 	st := newRedis(t, fc, threads.Config{MaxMessages: -1, WaitReplicas: waitReplicas, WaitTimeout: 200 * time.Millisecond})
 	ctx := context.Background()

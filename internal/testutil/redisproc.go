@@ -31,6 +31,8 @@ type RedisProc struct {
 	t      testing.TB
 	cmd    *exec.Cmd
 	exited chan struct{}
+	// hold keeps the port of a killed process (see Kill).
+	hold net.Listener
 }
 
 // redisBinary returns the path of redis-server, skipping the test when it
@@ -141,6 +143,25 @@ func StartSentinelSet(t testing.TB, replicas int, downAfter time.Duration) *Sent
 	for range replicas {
 		set.Replicas = append(set.Replicas, StartReplica(t, set.Master))
 	}
+	if replicas > 0 {
+		// A replica whose link is up after a diskless full sync gets the
+		// writes made since the snapshot only once the master has its
+		// first REPLCONF ACK (sent once a second): a master killed before
+		// that takes them with it, data written before the failover
+		// included. A write confirmed by WAIT means the stream flows.
+		c := set.Master.Client()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := c.Set(ctx, "testutil:replication", "1", 0).Err()
+		var n int64
+		if err == nil {
+			n, err = c.Wait(ctx, replicas, 30_000).Result()
+		}
+		cancel()
+		_ = c.Close()
+		if err != nil || n < int64(replicas) {
+			t.Fatalf("testutil: %d of %d replicas confirmed a write within 30 s: %v", n, replicas, err)
+		}
+	}
 	set.Sentinel = StartSentinel(t, set.Name, set.Master, downAfter)
 	set.Sentinel.waitFor(func(ctx context.Context, c *redis.Client) bool {
 		r, err := c.Do(ctx, "sentinel", "replicas", set.Name).Slice()
@@ -200,7 +221,8 @@ func startProc(t testing.TB, kind string, argv func(port int, dir string) []stri
 			close(p.exited)
 		}()
 		t.Cleanup(func() {
-			p.Kill()
+			p.kill()
+			p.release()
 			if t.Failed() {
 				p.logTail()
 			}
@@ -208,7 +230,7 @@ func startProc(t testing.TB, kind string, argv func(port int, dir string) []stri
 		if lastErr = p.ping(); lastErr == nil {
 			return p
 		}
-		p.Kill()
+		p.kill()
 	}
 	t.Fatalf("testutil: %s never answered: %v", kind, lastErr)
 	return nil
@@ -281,9 +303,44 @@ func (p *RedisProc) Cont() { p.signal(syscall.SIGCONT) }
 
 // Kill kills the process with SIGKILL (no shutdown, no save, as a crash
 // would) and waits until it has exited. It is idempotent.
+//
+// The port stays taken until Restart or the end of the test: a listener
+// takes it over and closes every connection at once, as a refused dial
+// would fail, so that clients still dialling the dead server's address
+// never reach a server another test has started on that port meanwhile.
 func (p *RedisProc) Kill() {
+	p.kill()
+	if p.hold != nil {
+		return
+	}
+	ln, err := net.Listen("tcp", p.Addr)
+	if err != nil {
+		return // taken already: nothing to hold
+	}
+	p.hold = ln
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+}
+
+// kill kills the process and waits until it has exited.
+func (p *RedisProc) kill() {
 	p.signal(syscall.SIGKILL)
 	<-p.exited
+}
+
+// release frees the port Kill held.
+func (p *RedisProc) release() {
+	if p.hold != nil {
+		_ = p.hold.Close()
+		p.hold = nil
+	}
 }
 
 // Exited is closed once the process has exited.

@@ -13,6 +13,7 @@ func (p *RedisProc) Restart() {
 	default:
 		p.t.Fatalf("testutil: Restart of %s, which still runs", p.Addr)
 	}
+	p.release()
 	p.cmd = exec.Command(p.cmd.Args[0], p.cmd.Args[1:]...)
 	p.exited = make(chan struct{})
 	if err := p.cmd.Start(); err != nil {
