@@ -142,6 +142,10 @@ func decodeResult(b []byte) (*result, error) {
 	if r.V != Version {
 		return nil, fmt.Errorf("%w: result version %d unknown (this build reads %d)", ErrMalformed, r.V, Version)
 	}
+	if r.Response != nil && len(r.Response.Reasons) == 0 {
+		// "reasons":[] and no reasons are the same result.
+		r.Response.Reasons = nil
+	}
 	return &r, nil
 }
 
